@@ -1,0 +1,33 @@
+//! sam2refiner: SAM 2 video object segmentation and matting, in pure Rust (candle).
+//!
+//! The crate is both a library and the GStreamer plugin `sam2refiner`:
+//! - [`model`]: SAM 2 / SAM 2.1, numerically faithful to the official implementation, loading
+//!   official checkpoints as they are;
+//! - [`image`]: reading and writing the images the command-line tool uses.
+
+pub mod device;
+mod error;
+pub mod image;
+pub mod model;
+pub mod prompt;
+
+pub use error::{Error, Result};
+
+use gst::glib;
+
+fn plugin_init(_plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
+    // The `sam2refiner` element registers here once it exists (see the issue tracker).
+    Ok(())
+}
+
+gst::plugin_define!(
+    sam2refiner,
+    env!("CARGO_PKG_DESCRIPTION"),
+    plugin_init,
+    concat!(env!("CARGO_PKG_VERSION"), "-", env!("COMMIT_ID")),
+    "Apache 2.0",
+    env!("CARGO_PKG_NAME"),
+    env!("CARGO_PKG_NAME"),
+    env!("CARGO_PKG_REPOSITORY"),
+    env!("BUILD_REL_DATE")
+);

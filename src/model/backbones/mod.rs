@@ -1,0 +1,4 @@
+//! The image encoder (`sam2/modeling/backbones`).
+
+pub mod hieradet;
+pub mod image_encoder;

@@ -1,0 +1,194 @@
+//! The image path (`sam2/sam2_image_predictor.py`): one image, embedded once, then masks for
+//! any number of prompts.
+
+use candle_core::{DType, Result, Tensor, bail};
+
+use super::fill_holes::replace_small_regions;
+use super::sam::prompt_encoder::PointInputs;
+use super::sam2_base::Sam2Base;
+use super::transforms::{image_to_input, upsample_logits};
+
+/// A prompt for one object, in pixels of the original image.
+#[derive(Debug, Clone, Default)]
+pub struct ImagePrompt {
+    /// (x, y) clicks.
+    pub points: Vec<[f32; 2]>,
+    /// 1 positive, 0 negative, one per point.
+    pub labels: Vec<i32>,
+    /// (x0, y0, x1, y1).
+    pub bbox: Option<[f32; 4]>,
+    /// Low-resolution mask logits [1, 1, 4h, 4w], e.g. a previous prediction's `low_res`.
+    pub mask_input: Option<Tensor>,
+}
+
+/// The predicted masks for one prompt.
+#[derive(Debug, Clone)]
+pub struct ImagePrediction {
+    /// Mask logits at the original image size, [K, H, W] (K = 3 with multimask, else 1).
+    pub masks: Tensor,
+    /// Predicted IoU, [K].
+    pub iou: Tensor,
+    /// Low-resolution logits clamped to ±32, [K, 4h, 4w]: a mask prompt for a next prediction.
+    pub low_res: Tensor,
+}
+
+impl ImagePrediction {
+    /// The index of the mask with the highest predicted IoU.
+    pub fn best_index(&self) -> Result<usize> {
+        Ok(self.iou.argmax(0)?.to_scalar::<u32>()? as usize)
+    }
+}
+
+/// Features of the image set last.
+#[derive(Debug, Clone)]
+struct ImageFeatures {
+    image_embed: Tensor,
+    high_res: Option<(Tensor, Tensor)>,
+    orig_hw: (usize, usize),
+}
+
+#[derive(Debug)]
+pub struct ImagePredictor<'a> {
+    model: &'a Sam2Base,
+    features: Option<ImageFeatures>,
+    /// Fill background holes of up to this many low-res pixels (0: off, the official default).
+    pub max_hole_area: usize,
+    /// Remove foreground specks of up to this many low-res pixels (0: off, the official default).
+    pub max_sprinkle_area: usize,
+}
+
+impl<'a> ImagePredictor<'a> {
+    pub fn new(model: &'a Sam2Base) -> Self {
+        Self {
+            model,
+            features: None,
+            max_hole_area: 0,
+            max_sprinkle_area: 0,
+        }
+    }
+
+    /// `set_image`: an RGB u8 image [H, W, 3].
+    pub fn set_image(&mut self, rgb: &Tensor) -> Result<()> {
+        let (h, w, channels) = rgb.dims3()?;
+        if channels != 3 {
+            bail!("expected an RGB image [H, W, 3], got {:?}", rgb.dims());
+        }
+        let rgb = rgb.to_device(self.model.device())?;
+        let input = image_to_input(&rgb, self.model.config.image_size, self.model.dtype())?;
+        self.set_input(&input, (h, w))
+    }
+
+    /// Embeds an already transformed input [1, 3, S, S] of an image of size `orig_hw`.
+    pub fn set_input(&mut self, input: &Tensor, orig_hw: (usize, usize)) -> Result<()> {
+        let features = self.model.forward_image(input)?;
+        let mut image_embed = features.vision_features().clone();
+        if self.model.config.directly_add_no_mem_embed {
+            let c = image_embed.dim(1)?;
+            image_embed =
+                image_embed.broadcast_add(&self.model.no_mem_embed().reshape((1, c, 1, 1))?)?;
+        }
+        let high_res = features
+            .high_res(self.model.config.num_feature_levels())
+            .map(|(a, b)| (a.clone(), b.clone()));
+        self.features = Some(ImageFeatures {
+            image_embed,
+            high_res,
+            orig_hw,
+        });
+        Ok(())
+    }
+
+    /// `predict(..., return_logits=True)`.
+    pub fn predict(&self, prompt: &ImagePrompt, multimask_output: bool) -> Result<ImagePrediction> {
+        let Some(features) = &self.features else {
+            bail!("an image must be set before prediction");
+        };
+        let model = self.model;
+        let device = model.device();
+        let dtype = model.dtype();
+        let s = model.config.image_size as f32;
+        let (h, w) = features.orig_hw;
+        if prompt.points.len() != prompt.labels.len() {
+            bail!(
+                "{} points but {} labels",
+                prompt.points.len(),
+                prompt.labels.len()
+            );
+        }
+        // Pixels of the image -> pixels of the S×S model input: (x / w) * S, (y / h) * S.
+        let to_input = |[x, y]: [f32; 2]| [x / w as f32 * s, y / h as f32 * s];
+        let mut coords: Vec<[f32; 2]> = Vec::new();
+        let mut labels: Vec<f32> = Vec::new();
+        if let Some([x0, y0, x1, y1]) = prompt.bbox {
+            // Boxes go first, as two corner points labelled 2 and 3.
+            coords.extend([to_input([x0, y0]), to_input([x1, y1])]);
+            labels.extend([2.0, 3.0]);
+        }
+        coords.extend(prompt.points.iter().map(|&p| to_input(p)));
+        labels.extend(prompt.labels.iter().map(|&l| l as f32));
+        let points = if coords.is_empty() {
+            None
+        } else {
+            let n = coords.len();
+            Some(PointInputs {
+                coords: Tensor::from_vec(coords.concat(), (1, n, 2), device)?.to_dtype(dtype)?,
+                labels: Tensor::from_vec(labels, (1, n), device)?,
+            })
+        };
+        let mask_input = match &prompt.mask_input {
+            Some(m) => Some(m.to_device(device)?.to_dtype(dtype)?),
+            None => None,
+        };
+        let (sparse, dense) = model
+            .sam_prompt_encoder
+            .forward(points.as_ref(), mask_input.as_ref())?;
+        let decoded = model.sam_mask_decoder.forward(
+            &features.image_embed,
+            model.sam_prompt_encoder.dense_pe(),
+            &sparse,
+            &dense,
+            multimask_output,
+            false,
+            features.high_res.as_ref().map(|(a, b)| (a, b)),
+        )?;
+        let low_res = decoded.masks.to_dtype(DType::F32)?.squeeze(0)?; // [K, 4h, 4w]
+        let cleaned = self.clean_small_regions(&low_res)?;
+        let masks = upsample_logits(&cleaned, (h, w))?;
+        Ok(ImagePrediction {
+            masks,
+            iou: decoded.iou.to_dtype(DType::F32)?.squeeze(0)?,
+            low_res: low_res.clamp(-32f32, 32f32)?,
+        })
+    }
+
+    /// The optional hole and sprinkle removal of `postprocess_masks`, on the low-res logits.
+    fn clean_small_regions(&self, low_res: &Tensor) -> Result<Tensor> {
+        if self.max_hole_area == 0 && self.max_sprinkle_area == 0 {
+            return Ok(low_res.clone());
+        }
+        let (k, h, w) = low_res.dims3()?;
+        let mut data = low_res.flatten_all()?.to_vec1::<f32>()?;
+        for plane in data.chunks_mut(h * w) {
+            // Threshold 0: holes are regions <= 0, sprinkles regions > 0 (mask_threshold ± 10),
+            // both labelled on the logits as they came out of the decoder.
+            let source = plane.to_vec();
+            replace_small_regions(
+                &source,
+                plane,
+                (h, w),
+                |v| v <= 0.0,
+                self.max_hole_area,
+                10.0,
+            );
+            replace_small_regions(
+                &source,
+                plane,
+                (h, w),
+                |v| v > 0.0,
+                self.max_sprinkle_area,
+                -10.0,
+            );
+        }
+        Tensor::from_vec(data, (k, h, w), low_res.device())
+    }
+}

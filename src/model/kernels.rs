@@ -1,0 +1,130 @@
+//! CPU kernels for the few operations where candle's generic path is slow or imprecise.
+//!
+//! Each kernel is a candle custom op for contiguous f32 tensors on the CPU; the callers in
+//! `nn.rs` fall back to plain tensor arithmetic for other dtypes and devices, so these are fast
+//! paths, never the only path.
+
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, bail};
+use rayon::prelude::*;
+
+fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> Result<&'a [f32]> {
+    let data = match storage {
+        CpuStorage::F32(data) => data,
+        _ => bail!("{what}: f32 expected"),
+    };
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&data[start..end]),
+        None => bail!("{what}: contiguous input expected"),
+    }
+}
+
+/// LayerNorm over the last dimension, two-pass (mean, then centred variance) like PyTorch.
+/// candle-nn's one-pass `sum(x²)/n - mean²` loses precision on features with a large mean.
+pub(crate) struct LayerNormLastDim {
+    pub eps: f32,
+}
+
+impl CustomOp3 for LayerNormLastDim {
+    fn name(&self) -> &'static str {
+        "layer-norm-two-pass"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s1, l1, "layer_norm input")?;
+        let weight = contiguous_f32(s2, l2, "layer_norm weight")?;
+        let bias = contiguous_f32(s3, l3, "layer_norm bias")?;
+        let dim = weight.len();
+        if dim == 0 || l1.dims().last() != Some(&dim) || bias.len() != dim {
+            bail!("layer_norm: last dim {:?} vs weight {dim}", l1.dims());
+        }
+        let eps = self.eps;
+        let mut out = vec![0f32; x.len()];
+        out.par_chunks_mut(dim)
+            .zip(x.par_chunks(dim))
+            .for_each(|(dst, src)| {
+                let n = dim as f32;
+                let mean = src.iter().sum::<f32>() / n;
+                let var = src.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
+                let inv_std = 1.0 / (var + eps).sqrt();
+                for (((d, s), w), b) in dst.iter_mut().zip(src).zip(weight).zip(bias) {
+                    *d = (s - mean) * inv_std * w + b;
+                }
+            });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
+/// Depthwise 2-D convolution (one filter per channel), stride 1, zero padding, NCHW.
+/// candle runs a grouped conv as one conv per channel; this is one pass over the input.
+pub(crate) struct DepthwiseConv2d {
+    pub padding: usize,
+}
+
+impl CustomOp2 for DepthwiseConv2d {
+    fn name(&self) -> &'static str {
+        "depthwise-conv2d"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s1, l1, "depthwise input")?;
+        let w = contiguous_f32(s2, l2, "depthwise weight")?;
+        let (b, c, h, wd) = l1.shape().dims4()?;
+        let (wc, one, kh, kw) = l2.shape().dims4()?;
+        if wc != c || one != 1 {
+            bail!(
+                "depthwise conv: weight {:?} for input {:?}",
+                l2.dims(),
+                l1.dims()
+            );
+        }
+        let p = self.padding;
+        if kh > h + 2 * p || kw > wd + 2 * p {
+            bail!("depthwise conv: kernel larger than the padded input");
+        }
+        let (oh, ow) = (h + 2 * p - kh + 1, wd + 2 * p - kw + 1);
+        let mut out = vec![0f32; b * c * oh * ow];
+        out.par_chunks_mut(oh * ow)
+            .enumerate()
+            .for_each(|(plane, dst)| {
+                let ch = plane % c;
+                let src = &x[plane * h * wd..(plane + 1) * h * wd];
+                let filt = &w[ch * kh * kw..(ch + 1) * kh * kw];
+                for ky in 0..kh {
+                    for kx in 0..kw {
+                        let wv = filt[ky * kw + kx];
+                        // Output rows/cols whose input tap falls inside the image.
+                        let y0 = p.saturating_sub(ky);
+                        let y1 = (h + p).saturating_sub(ky).min(oh);
+                        let x0 = p.saturating_sub(kx);
+                        let x1 = (wd + p).saturating_sub(kx).min(ow);
+                        if x0 >= x1 {
+                            continue;
+                        }
+                        for oy in y0..y1 {
+                            let iy = oy + ky - p;
+                            let src_row = &src[iy * wd + x0 + kx - p..iy * wd + x1 + kx - p];
+                            let dst_row = &mut dst[oy * ow + x0..oy * ow + x1];
+                            for (d, s) in dst_row.iter_mut().zip(src_row) {
+                                *d += wv * s;
+                            }
+                        }
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(out), Shape::from((b, c, oh, ow))))
+    }
+}

@@ -1,0 +1,190 @@
+//! Image and mask resampling as PyTorch does it, expressed as separable weight matrices.
+//!
+//! Every interpolation SAM 2 uses (bilinear with or without antialiasing, bicubic) is linear and
+//! separable: `out = Wy · in · Wxᵀ` per channel, with `Wy` [out_h, in_h] and `Wx` [out_w, in_w]
+//! computed once on the host from PyTorch's formulas. Applying them is two matrix products, which
+//! run fast on every candle device and keep frames on the GPU.
+
+use candle_core::{Device, Result, Tensor};
+
+/// How to compute the weights of one output sample.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Filter {
+    /// `F.interpolate(mode="bilinear", align_corners=False, antialias=False)`.
+    Bilinear,
+    /// `F.interpolate(mode="bilinear", align_corners=False, antialias=True)`: a triangle filter
+    /// widened by the scale when downsampling (torchvision's `Resize` on tensors).
+    BilinearAntialias,
+    /// `F.interpolate(mode="bicubic", align_corners=False)`: Keys cubic, A = -0.75, edge clamp.
+    Bicubic,
+}
+
+/// The [out, in] weight matrix resampling a line of `input` samples to `output` samples.
+pub fn weight_matrix(filter: Filter, input: usize, output: usize) -> Vec<f32> {
+    let mut w = vec![0f32; output * input];
+    // area_pixel_compute_scale with align_corners=False and no explicit scale factor.
+    let scale = input as f64 / output as f64;
+    for i in 0..output {
+        let row = &mut w[i * input..(i + 1) * input];
+        match filter {
+            Filter::Bilinear => {
+                let src = (scale * (i as f64 + 0.5) - 0.5).max(0.0);
+                let i0 = (src.floor() as usize).min(input - 1);
+                let i1 = (i0 + 1).min(input - 1);
+                let lambda = (src - i0 as f64) as f32;
+                row[i0] += 1.0 - lambda;
+                row[i1] += lambda;
+            }
+            Filter::BilinearAntialias => {
+                // _compute_weights_aa in ATen's UpSampleKernel.cpp, interp_size 2.
+                let support = if scale >= 1.0 { scale } else { 1.0 };
+                let invscale = if scale >= 1.0 { 1.0 / scale } else { 1.0 };
+                let center = scale * (i as f64 + 0.5);
+                let xmin = ((center - support + 0.5) as i64).max(0) as usize;
+                let xmax = ((center + support + 0.5) as i64).min(input as i64) as usize;
+                let taps: Vec<f64> = (xmin..xmax)
+                    .map(|j| {
+                        let x = (j as f64 - center + 0.5) * invscale;
+                        (1.0 - x.abs()).max(0.0)
+                    })
+                    .collect();
+                let total: f64 = taps.iter().sum();
+                if total != 0.0 {
+                    for (j, t) in (xmin..xmax).zip(taps) {
+                        row[j] = (t / total) as f32;
+                    }
+                }
+            }
+            Filter::Bicubic => {
+                const A: f64 = -0.75;
+                let cc1 = |x: f64| ((A + 2.0) * x - (A + 3.0)) * x * x + 1.0;
+                let cc2 = |x: f64| ((A * x - 5.0 * A) * x + 8.0 * A) * x - 4.0 * A;
+                let real = scale * (i as f64 + 0.5) - 0.5;
+                let base = real.floor();
+                let t = real - base;
+                let coeffs = [cc2(t + 1.0), cc1(t), cc1(1.0 - t), cc2(2.0 - t)];
+                for (k, c) in coeffs.iter().enumerate() {
+                    let j = (base as i64 - 1 + k as i64).clamp(0, input as i64 - 1) as usize;
+                    row[j] += *c as f32;
+                }
+            }
+        }
+    }
+    w
+}
+
+/// A resampler from one 2-D size to another, ready to apply on a device.
+#[derive(Debug, Clone)]
+pub struct Resampler {
+    wy: Tensor,
+    wx_t: Tensor,
+}
+
+impl Resampler {
+    pub fn new(
+        filter: Filter,
+        (in_h, in_w): (usize, usize),
+        (out_h, out_w): (usize, usize),
+        device: &Device,
+    ) -> Result<Self> {
+        let wy = Tensor::from_vec(weight_matrix(filter, in_h, out_h), (out_h, in_h), device)?;
+        let wx = Tensor::from_vec(weight_matrix(filter, in_w, out_w), (out_w, in_w), device)?;
+        Ok(Self {
+            wy,
+            wx_t: wx.t()?.contiguous()?,
+        })
+    }
+
+    /// Resamples the last two dimensions of `x` (any leading dimensions).
+    pub fn apply(&self, x: &Tensor) -> Result<Tensor> {
+        let dtype = x.dtype();
+        let wy = self.wy.to_dtype(dtype)?;
+        let wx_t = self.wx_t.to_dtype(dtype)?;
+        let rank = x.rank();
+        let (in_h, in_w) = (x.dim(rank - 2)?, x.dim(rank - 1)?);
+        let (out_h, out_w) = (wy.dim(0)?, wx_t.dim(1)?);
+        let lead: Vec<usize> = x.dims()[..rank - 2].to_vec();
+        let n: usize = lead.iter().product();
+        // Columns first: [n*in_h, in_w] @ [in_w, out_w].
+        let cols = x.reshape((n * in_h, in_w))?.matmul(&wx_t)?;
+        // Then rows, as one product: [out_h, in_h] @ [in_h, n*out_w].
+        let cols = cols
+            .reshape((n, in_h, out_w))?
+            .transpose(0, 1)?
+            .contiguous()?
+            .reshape((in_h, n * out_w))?;
+        let out = wy
+            .matmul(&cols)?
+            .reshape((out_h, n, out_w))?
+            .transpose(0, 1)?
+            .contiguous()?;
+        let mut dims = lead;
+        dims.extend([out_h, out_w]);
+        out.reshape(dims)
+    }
+}
+
+/// One-off resampling of the last two dimensions.
+pub fn resample(x: &Tensor, filter: Filter, out_h: usize, out_w: usize) -> Result<Tensor> {
+    let rank = x.rank();
+    let size = (x.dim(rank - 2)?, x.dim(rank - 1)?);
+    if size == (out_h, out_w) {
+        return Ok(x.clone());
+    }
+    Resampler::new(filter, size, (out_h, out_w), x.device())?.apply(x)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rows_sum_to_one(filter: Filter, input: usize, output: usize) {
+        let w = weight_matrix(filter, input, output);
+        for (i, row) in w.chunks(input).enumerate() {
+            let s: f32 = row.iter().sum();
+            assert!(
+                (s - 1.0).abs() < 1e-5,
+                "{filter:?} {input}->{output} row {i}: {s}"
+            );
+        }
+    }
+
+    #[test]
+    fn weights_are_partitions_of_unity() {
+        for filter in [Filter::Bilinear, Filter::BilinearAntialias, Filter::Bicubic] {
+            for (i, o) in [(7, 64), (256, 1024), (300, 192), (1024, 256), (5, 5)] {
+                rows_sum_to_one(filter, i, o);
+            }
+        }
+    }
+
+    #[test]
+    fn bilinear_upsampling_matches_hand_computed_values() {
+        // PyTorch: F.interpolate(tensor([[[[0., 1.]]]]), size=(1, 4), mode="bilinear")
+        // -> [0.0, 0.25, 0.75, 1.0]
+        let x = Tensor::new(&[[[[0f32, 1.0]]]], &Device::Cpu).unwrap();
+        let y = resample(&x, Filter::Bilinear, 1, 4).unwrap();
+        let v: Vec<f32> = y.flatten_all().unwrap().to_vec1().unwrap();
+        assert_eq!(v, vec![0.0, 0.25, 0.75, 1.0]);
+    }
+
+    #[test]
+    fn antialias_downsampling_averages() {
+        // Halving with the antialias triangle filter: weights 1/8, 3/8, 3/8, 1/8 inside the image.
+        let w = weight_matrix(Filter::BilinearAntialias, 8, 4);
+        assert_eq!(&w[8..16], &[0.0, 0.125, 0.375, 0.375, 0.125, 0.0, 0.0, 0.0]);
+        // At the border the taps outside the image are dropped and the rest renormalised.
+        let s = 0.375 + 0.375 + 0.125;
+        assert_eq!(&w[0..3], &[0.375 / s, 0.375 / s, 0.125 / s]);
+    }
+
+    #[test]
+    fn bicubic_identity_at_same_size() {
+        let w = weight_matrix(Filter::Bicubic, 6, 6);
+        for i in 0..6 {
+            for j in 0..6 {
+                assert!((w[i * 6 + j] - if i == j { 1.0 } else { 0.0 }).abs() < 1e-6);
+            }
+        }
+    }
+}

@@ -1,0 +1,332 @@
+//! `TwoWayTransformer`, `Attention` and `RoPEAttention` (`sam2/modeling/sam/transformer.py`).
+//!
+//! Token tensors are batch-first, [B, N, C].
+
+use std::sync::Mutex;
+
+use candle_core::{Module, Result, Tensor};
+use candle_nn::VarBuilder;
+
+use crate::model::config::RoPEAttentionConfig;
+use crate::model::nn::{Activation, LayerNorm, Linear, Mlp, scaled_dot_product_attention};
+use crate::model::position_encoding::axial_rope_tables;
+
+/// `Attention`: multi-head attention whose projections may narrow the width
+/// (`downsample_rate`) and whose keys/values may have another width (`kv_in_dim`).
+#[derive(Debug)]
+pub struct Attention {
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    out_proj: Linear,
+    num_heads: usize,
+    span: tracing::Span,
+}
+
+impl Attention {
+    pub fn new(
+        embedding_dim: usize,
+        num_heads: usize,
+        downsample_rate: usize,
+        kv_in_dim: Option<usize>,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        let internal = embedding_dim / downsample_rate;
+        let kv_in = kv_in_dim.unwrap_or(embedding_dim);
+        Ok(Self {
+            q_proj: Linear::new(embedding_dim, internal, vb.pp("q_proj"))?,
+            k_proj: Linear::new(kv_in, internal, vb.pp("k_proj"))?,
+            v_proj: Linear::new(kv_in, internal, vb.pp("v_proj"))?,
+            out_proj: Linear::new(internal, embedding_dim, vb.pp("out_proj"))?,
+            num_heads,
+            span: tracing::span!(tracing::Level::TRACE, "attention"),
+        })
+    }
+
+    /// [B, N, C] -> [B, heads, N, C/heads]
+    fn separate_heads(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, n, c) = x.dims3()?;
+        x.reshape((b, n, self.num_heads, c / self.num_heads))?
+            .transpose(1, 2)?
+            .contiguous()
+    }
+
+    fn recombine_heads(x: &Tensor) -> Result<Tensor> {
+        let (b, h, n, c) = x.dims4()?;
+        x.transpose(1, 2)?.reshape((b, n, h * c))
+    }
+
+    fn project(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+        Ok((
+            self.separate_heads(&self.q_proj.forward(q)?)?,
+            self.separate_heads(&self.k_proj.forward(k)?)?,
+            self.separate_heads(&self.v_proj.forward(v)?)?,
+        ))
+    }
+
+    fn finish(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+        let out = scaled_dot_product_attention(q, k, v)?;
+        self.out_proj.forward(&Self::recombine_heads(&out)?)
+    }
+
+    pub fn forward(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+        let _enter = self.span.enter();
+        let (q, k, v) = self.project(q, k, v)?;
+        self.finish(&q, &k, &v)
+    }
+}
+
+/// `RoPEAttention`: `Attention` with 2-D axial rotary position encoding of queries and keys.
+#[derive(Debug)]
+pub struct RoPEAttention {
+    attention: Attention,
+    head_dim: usize,
+    theta: f64,
+    feat_sizes: [usize; 2],
+    rope_k_repeat: bool,
+    /// (tokens, cos, sin): the tables of the last query size, rebuilt when it changes.
+    tables: Mutex<Option<(usize, Tensor, Tensor)>>,
+    span: tracing::Span,
+}
+
+impl RoPEAttention {
+    pub fn new(config: &RoPEAttentionConfig, vb: VarBuilder) -> Result<Self> {
+        let attention = Attention::new(
+            config.embedding_dim,
+            config.num_heads,
+            config.downsample_rate,
+            config.kv_in_dim,
+            vb,
+        )?;
+        Ok(Self {
+            attention,
+            head_dim: config.embedding_dim / config.downsample_rate / config.num_heads,
+            theta: config.rope_theta,
+            feat_sizes: config.feat_sizes,
+            rope_k_repeat: config.rope_k_repeat,
+            tables: Mutex::new(None),
+            span: tracing::span!(tracing::Level::TRACE, "rope_attention"),
+        })
+    }
+
+    /// The RoPE tables for `n` query tokens: the configured `feat_sizes` grid when it has `n`
+    /// cells, else a square grid of side sqrt(n), as the official module recomputes them.
+    fn tables(&self, n: usize, like: &Tensor) -> Result<(Tensor, Tensor)> {
+        let mut cache = self.tables.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((tokens, cos, sin)) = cache.as_ref()
+            && *tokens == n
+            && cos.dtype() == like.dtype()
+            && cos.device().same_device(like.device())
+        {
+            return Ok((cos.clone(), sin.clone()));
+        }
+        let [fx, fy] = self.feat_sizes;
+        let (end_x, end_y) = if fx * fy == n {
+            (fx, fy)
+        } else {
+            let side = (n as f64).sqrt() as usize;
+            if side * side != n {
+                candle_core::bail!("RoPE attention needs a square token grid, got {n} tokens");
+            }
+            (side, side)
+        };
+        let (cos, sin) = axial_rope_tables(
+            self.head_dim,
+            end_x,
+            end_y,
+            self.theta,
+            like.dtype(),
+            like.device(),
+        )?;
+        *cache = Some((n, cos.clone(), sin.clone()));
+        Ok((cos, sin))
+    }
+
+    /// `num_k_exclude_rope`: the last keys (object pointers) carry no position and get no RoPE.
+    pub fn forward(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        num_k_exclude_rope: usize,
+    ) -> Result<Tensor> {
+        let _enter = self.span.enter();
+        let (q, k, v) = self.attention.project(q, k, v)?;
+        let n = q.dim(2)?;
+        let (cos, sin) = self.tables(n, &q)?;
+        let q = candle_nn::rotary_emb::rope_i(&q, &cos, &sin)?;
+        let m = k.dim(2)?;
+        let num_rope = m - num_k_exclude_rope;
+        let k = if num_rope == 0 {
+            k
+        } else {
+            let rotated_part = k.narrow(2, 0, num_rope)?.contiguous()?;
+            let (cos_k, sin_k) = if num_rope == n {
+                (cos, sin)
+            } else {
+                if !self.rope_k_repeat || num_rope % n != 0 {
+                    candle_core::bail!(
+                        "RoPE keys: {num_rope} keys for {n} queries need rope_k_repeat and a whole multiple"
+                    );
+                }
+                // Each memory frame's tokens get the same table (tiled, not interleaved).
+                let r = num_rope / n;
+                (cos.repeat((r, 1))?, sin.repeat((r, 1))?)
+            };
+            let rotated = candle_nn::rotary_emb::rope_i(&rotated_part, &cos_k, &sin_k)?;
+            if num_k_exclude_rope > 0 {
+                Tensor::cat(&[rotated, k.narrow(2, num_rope, num_k_exclude_rope)?], 2)?
+            } else {
+                rotated
+            }
+        };
+        self.attention.finish(&q, &k, &v)
+    }
+}
+
+/// `TwoWayAttentionBlock`: tokens attend to themselves and to the image; the image attends back.
+#[derive(Debug)]
+struct TwoWayAttentionBlock {
+    self_attn: Attention,
+    norm1: LayerNorm,
+    cross_attn_token_to_image: Attention,
+    norm2: LayerNorm,
+    mlp: Mlp,
+    norm3: LayerNorm,
+    norm4: LayerNorm,
+    cross_attn_image_to_token: Attention,
+    skip_first_layer_pe: bool,
+}
+
+impl TwoWayAttentionBlock {
+    fn new(
+        dim: usize,
+        num_heads: usize,
+        mlp_dim: usize,
+        downsample: usize,
+        skip_first_layer_pe: bool,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        Ok(Self {
+            self_attn: Attention::new(dim, num_heads, 1, None, vb.pp("self_attn"))?,
+            norm1: LayerNorm::new(dim, 1e-5, vb.pp("norm1"))?,
+            cross_attn_token_to_image: Attention::new(
+                dim,
+                num_heads,
+                downsample,
+                None,
+                vb.pp("cross_attn_token_to_image"),
+            )?,
+            norm2: LayerNorm::new(dim, 1e-5, vb.pp("norm2"))?,
+            mlp: Mlp::new(dim, mlp_dim, dim, 2, Activation::Relu, false, vb.pp("mlp"))?,
+            norm3: LayerNorm::new(dim, 1e-5, vb.pp("norm3"))?,
+            norm4: LayerNorm::new(dim, 1e-5, vb.pp("norm4"))?,
+            cross_attn_image_to_token: Attention::new(
+                dim,
+                num_heads,
+                downsample,
+                None,
+                vb.pp("cross_attn_image_to_token"),
+            )?,
+            skip_first_layer_pe,
+        })
+    }
+
+    fn forward(
+        &self,
+        queries: &Tensor,
+        keys: &Tensor,
+        query_pe: &Tensor,
+        key_pe: &Tensor,
+    ) -> Result<(Tensor, Tensor)> {
+        let queries = if self.skip_first_layer_pe {
+            self.self_attn.forward(queries, queries, queries)?
+        } else {
+            let q = (queries + query_pe)?;
+            (queries + self.self_attn.forward(&q, &q, queries)?)?
+        };
+        let queries = self.norm1.forward(&queries)?;
+
+        let q = (&queries + query_pe)?;
+        let k = (keys + key_pe)?;
+        let queries = (&queries + self.cross_attn_token_to_image.forward(&q, &k, keys)?)?;
+        let queries = self.norm2.forward(&queries)?;
+
+        let queries = (&queries + self.mlp.forward(&queries)?)?;
+        let queries = self.norm3.forward(&queries)?;
+
+        let q = (&queries + query_pe)?;
+        let k = (keys + key_pe)?;
+        let keys = (keys + self.cross_attn_image_to_token.forward(&k, &q, &queries)?)?;
+        let keys = self.norm4.forward(&keys)?;
+        Ok((queries, keys))
+    }
+}
+
+/// `TwoWayTransformer`, the mask decoder's transformer.
+#[derive(Debug)]
+pub struct TwoWayTransformer {
+    layers: Vec<TwoWayAttentionBlock>,
+    final_attn_token_to_image: Attention,
+    norm_final_attn: LayerNorm,
+    span: tracing::Span,
+}
+
+impl TwoWayTransformer {
+    pub fn new(
+        depth: usize,
+        dim: usize,
+        num_heads: usize,
+        mlp_dim: usize,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        // attention_downsample_rate is 2 in every official build.
+        let downsample = 2;
+        let layers = (0..depth)
+            .map(|i| {
+                TwoWayAttentionBlock::new(
+                    dim,
+                    num_heads,
+                    mlp_dim,
+                    downsample,
+                    i == 0,
+                    vb.pp("layers").pp(i),
+                )
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            layers,
+            final_attn_token_to_image: Attention::new(
+                dim,
+                num_heads,
+                downsample,
+                None,
+                vb.pp("final_attn_token_to_image"),
+            )?,
+            norm_final_attn: LayerNorm::new(dim, 1e-5, vb.pp("norm_final_attn"))?,
+            span: tracing::span!(tracing::Level::TRACE, "two_way_transformer"),
+        })
+    }
+
+    /// image [B, C, H, W], image_pe [B, C, H, W], tokens [B, N, C] -> (tokens, image tokens [B, HW, C]).
+    pub fn forward(
+        &self,
+        image: &Tensor,
+        image_pe: &Tensor,
+        point_embedding: &Tensor,
+    ) -> Result<(Tensor, Tensor)> {
+        let _enter = self.span.enter();
+        let image = image.flatten_from(2)?.transpose(1, 2)?.contiguous()?;
+        let image_pe = image_pe.flatten_from(2)?.transpose(1, 2)?.contiguous()?;
+        let mut queries = point_embedding.clone();
+        let mut keys = image;
+        for layer in &self.layers {
+            (queries, keys) = layer.forward(&queries, &keys, point_embedding, &image_pe)?;
+        }
+        let q = (&queries + point_embedding)?;
+        let k = (&keys + &image_pe)?;
+        let attn_out = self.final_attn_token_to_image.forward(&q, &k, &keys)?;
+        let queries = self.norm_final_attn.forward(&(queries + attn_out)?)?;
+        Ok((queries, keys))
+    }
+}

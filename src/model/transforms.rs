@@ -1,0 +1,42 @@
+//! Pre- and post-processing of the image predictor (`sam2/utils/transforms.py`): frames to the
+//! model's input, logits back to the frame's size.
+
+use candle_core::{DType, Result, Tensor};
+
+use super::resample::{Filter, resample};
+
+/// ImageNet normalisation, as the official transforms.
+pub const PIXEL_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+pub const PIXEL_STD: [f32; 3] = [0.229, 0.224, 0.225];
+
+/// Normalises a [3, S, S] image in [0, 1]: (x - mean) / std per channel.
+pub fn normalize(image: &Tensor) -> Result<Tensor> {
+    let device = image.device();
+    let dtype = image.dtype();
+    let mean = Tensor::new(&PIXEL_MEAN, device)?
+        .to_dtype(dtype)?
+        .reshape((3, 1, 1))?;
+    let std = Tensor::new(&PIXEL_STD, device)?
+        .to_dtype(dtype)?
+        .reshape((3, 1, 1))?;
+    image.broadcast_sub(&mean)?.broadcast_div(&std)
+}
+
+/// `SAM2Transforms.__call__`: an RGB u8 image [H, W, 3] (any device) -> the model input
+/// [1, 3, S, S] in `dtype`: ToTensor (/255), bilinear antialiased resize to S×S, normalisation.
+pub fn image_to_input(rgb: &Tensor, image_size: usize, dtype: DType) -> Result<Tensor> {
+    let x = (rgb.permute((2, 0, 1))?.to_dtype(DType::F32)? / 255.0)?;
+    let x = resample(&x, Filter::BilinearAntialias, image_size, image_size)?;
+    normalize(&x)?.to_dtype(dtype)?.unsqueeze(0)
+}
+
+/// `postprocess_masks` without hole filling: low-res logits [.., h, w] -> [.., H, W] by bilinear
+/// interpolation (align_corners=False).
+pub fn upsample_logits(masks: &Tensor, (height, width): (usize, usize)) -> Result<Tensor> {
+    resample(
+        &masks.to_dtype(DType::F32)?,
+        Filter::Bilinear,
+        height,
+        width,
+    )
+}

@@ -1,0 +1,283 @@
+//! Weights: official PyTorch checkpoints (`{"model": state_dict}`) read directly, and
+//! safetensors with the same keys. Loading is strict, like the official `load_state_dict`: a
+//! missing, unexpected or mis-shaped tensor is an error naming the key (and both shapes).
+
+use std::collections::{HashMap, HashSet};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use candle_core::{DType, Device, Shape, Tensor};
+use candle_nn::VarBuilder;
+use candle_nn::var_builder::SimpleBackend;
+
+use crate::error::{Error, Result};
+use crate::model::config::Sam2Config;
+use crate::model::sam2_base::Sam2Base;
+
+/// All tensors of a weights file, on the host, in their stored dtype.
+#[derive(Debug)]
+pub struct WeightFile {
+    pub path: PathBuf,
+    pub tensors: HashMap<String, Tensor>,
+}
+
+impl WeightFile {
+    /// Reads a `.pt`/`.pth` checkpoint (the state dict under `"model"`, or at the root) or a
+    /// `.safetensors` file. A truncated or corrupt file is an error, never a panic.
+    pub fn load(path: &Path) -> Result<Self> {
+        if !path.is_file() {
+            return Err(Error::io(
+                path,
+                std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
+            ));
+        }
+        let ext = path
+            .extension()
+            .and_then(|e| e.to_str())
+            .unwrap_or("")
+            .to_ascii_lowercase();
+        // The readers are third-party parsers of untrusted bytes: a panic in one of them on a
+        // malformed file must still come out as an error that names the file.
+        let read = catch_unwind(AssertUnwindSafe(|| match ext.as_str() {
+            "safetensors" => read_safetensors(path),
+            "pt" | "pth" | "ckpt" | "bin" => read_pytorch(path),
+            _ => Err(format!(
+                "unknown weights format {:?} (expected .pt, .pth or .safetensors)",
+                path.extension().unwrap_or_default()
+            )),
+        }));
+        let tensors = match read {
+            Ok(Ok(tensors)) => tensors,
+            Ok(Err(reason)) => return Err(Error::weights(path, reason)),
+            Err(_) => {
+                return Err(Error::weights(
+                    path,
+                    "corrupt file (the reader failed on it)",
+                ));
+            }
+        };
+        if tensors.is_empty() {
+            return Err(Error::weights(path, "no tensors in the file"));
+        }
+        Ok(Self {
+            path: path.to_owned(),
+            tensors,
+        })
+    }
+
+    /// Writes the tensors as safetensors in `dtype` (f32, f16 or bf16).
+    pub fn save_safetensors(&self, out: &Path, dtype: DType) -> Result<()> {
+        let converted = self
+            .tensors
+            .iter()
+            .map(|(k, t)| {
+                Ok((
+                    k.clone(),
+                    if t.dtype().is_float() {
+                        t.to_dtype(dtype)?
+                    } else {
+                        t.clone()
+                    },
+                ))
+            })
+            .collect::<Result<HashMap<_, _>>>()?;
+        candle_core::safetensors::save(&converted, out)
+            .map_err(|e| Error::weights(out, e.to_string()))
+    }
+}
+
+fn read_safetensors(path: &Path) -> std::result::Result<HashMap<String, Tensor>, String> {
+    let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
+    candle_core::safetensors::load_buffer(&bytes, &Device::Cpu)
+        .map_err(|e| format!("not a valid safetensors file: {e}"))
+}
+
+fn read_pytorch(path: &Path) -> std::result::Result<HashMap<String, Tensor>, String> {
+    let describe = |e: candle_core::Error| format!("not a readable PyTorch checkpoint: {e}");
+    // Official checkpoints hold {"model": state_dict}; a bare state dict is accepted too.
+    let infos = candle_core::pickle::read_pth_tensor_info(path, false, Some("model"))
+        .or_else(|_| candle_core::pickle::read_pth_tensor_info(path, false, None))
+        .map_err(describe)?;
+    let key = if infos.is_empty() {
+        None
+    } else {
+        Some("model")
+    };
+    let tensors = candle_core::pickle::read_all_with_key(path, key)
+        .or_else(|_| candle_core::pickle::read_all(path))
+        .map_err(describe)?;
+    Ok(tensors.into_iter().collect())
+}
+
+/// A `VarBuilder` backend that serves the file's tensors by exact key and shape, records every
+/// key the model asks for, and remembers the first problem in words for the error message.
+struct StrictBackend {
+    tensors: HashMap<String, Tensor>,
+    used: Mutex<HashSet<String>>,
+    problem: Mutex<Option<String>>,
+}
+
+impl StrictBackend {
+    fn fail(&self, reason: String) -> candle_core::Error {
+        let mut problem = self.problem.lock().unwrap_or_else(|e| e.into_inner());
+        problem.get_or_insert(reason.clone());
+        candle_core::Error::Msg(reason)
+    }
+}
+
+impl SimpleBackend for StrictBackend {
+    fn get(
+        &self,
+        shape: Shape,
+        name: &str,
+        _: candle_nn::Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        let Some(tensor) = self.tensors.get(name) else {
+            return Err(self.fail(format!(
+                "missing key {name} (the config expects shape {:?})",
+                shape.dims()
+            )));
+        };
+        if tensor.shape() != &shape {
+            return Err(self.fail(format!(
+                "key {name} has shape {:?} but the config expects {:?}",
+                tensor.dims(),
+                shape.dims()
+            )));
+        }
+        self.used
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.to_owned());
+        tensor.to_dtype(dtype)?.to_device(dev)
+    }
+
+    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        match self.tensors.get(name) {
+            Some(t) => t.to_dtype(dtype)?.to_device(dev),
+            None => Err(self.fail(format!("missing key {name}"))),
+        }
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.tensors.contains_key(name)
+    }
+}
+
+/// Builds the model of `config` from `weights`, strictly: every key of the file must be used
+/// and every tensor the config needs must be there with its shape.
+pub fn build_model(
+    config: &Sam2Config,
+    weights: WeightFile,
+    dtype: DType,
+    device: &Device,
+) -> Result<Sam2Base> {
+    let path = weights.path.clone();
+    let keys: Vec<String> = weights.tensors.keys().cloned().collect();
+    let backend = Arc::new(StrictBackend {
+        tensors: weights.tensors,
+        used: Mutex::new(HashSet::new()),
+        problem: Mutex::new(None),
+    });
+    let vb = VarBuilder::from_backend(Box::new(Shared(backend.clone())), dtype, device.clone());
+    let model = Sam2Base::new(config, vb).map_err(|e| {
+        match backend
+            .problem
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            Some(reason) => Error::weights(&path, reason),
+            None => Error::weights(&path, e.to_string()),
+        }
+    })?;
+    let used = backend.used.lock().unwrap_or_else(|e| e.into_inner());
+    let mut unexpected: Vec<&String> = keys.iter().filter(|k| !used.contains(*k)).collect();
+    if !unexpected.is_empty() {
+        unexpected.sort();
+        let more = if unexpected.len() > 1 {
+            format!(" (and {} more)", unexpected.len() - 1)
+        } else {
+            String::new()
+        };
+        return Err(Error::weights(
+            &path,
+            format!(
+                "unexpected key {}{more}: the config has no such parameter (wrong config for these weights?)",
+                unexpected[0]
+            ),
+        ));
+    }
+    Ok(model)
+}
+
+/// Loads weights from a file and builds the model.
+pub fn load_model(
+    config: &Sam2Config,
+    weights: &Path,
+    dtype: DType,
+    device: &Device,
+) -> Result<Sam2Base> {
+    build_model(config, WeightFile::load(weights)?, dtype, device)
+}
+
+/// Lets the caller keep a handle on a backend the `VarBuilder` owns.
+struct Shared<T>(Arc<T>);
+
+impl<T: SimpleBackend> SimpleBackend for Shared<T> {
+    fn get(
+        &self,
+        s: Shape,
+        name: &str,
+        h: candle_nn::Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        self.0.get(s, name, h, dtype, dev)
+    }
+
+    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        self.0.get_unchecked(name, dtype, dev)
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.0.contains_tensor(name)
+    }
+}
+
+/// The (key, shape) list the model of `config` asks for, without any weights: a dry run whose
+/// tensors are stride-0 zeros. Used to check configs against official state-dict key lists.
+pub fn expected_parameters(config: &Sam2Config) -> Result<Vec<(String, Vec<usize>)>> {
+    struct Recorder(Mutex<Vec<(String, Vec<usize>)>>);
+    impl SimpleBackend for Recorder {
+        fn get(
+            &self,
+            s: Shape,
+            name: &str,
+            _: candle_nn::Init,
+            dtype: DType,
+            dev: &Device,
+        ) -> candle_core::Result<Tensor> {
+            self.0
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push((name.to_owned(), s.dims().to_vec()));
+            Tensor::zeros((), dtype, dev)?.broadcast_as(s)
+        }
+        fn get_unchecked(&self, name: &str, _: DType, _: &Device) -> candle_core::Result<Tensor> {
+            candle_core::bail!("unchecked access to {name}")
+        }
+        fn contains_tensor(&self, _: &str) -> bool {
+            true
+        }
+    }
+    let recorder = Arc::new(Recorder(Mutex::new(Vec::new())));
+    let vb = VarBuilder::from_backend(Box::new(Shared(recorder.clone())), DType::F32, Device::Cpu);
+    Sam2Base::new(config, vb)?;
+    let mut params = recorder.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    params.sort();
+    Ok(params)
+}
