@@ -695,7 +695,7 @@ impl Sam2Config {
         let pools = trunk.q_pool as u32;
         let q = trunk.q_stride[0];
         let divisor = 4 * q.pow(pools);
-        if s == 0 || s % divisor != 0 {
+        if s == 0 || !s.is_multiple_of(divisor) {
             return fail(
                 "model.image_size",
                 format!(
@@ -703,7 +703,7 @@ impl Sam2Config {
                 ),
             );
         }
-        if (s / 4) % trunk.window_spec[0] != 0 {
+        if !(s / 4).is_multiple_of(trunk.window_spec[0]) {
             return fail(
                 "model.image_size",
                 format!(
@@ -734,7 +734,10 @@ impl Sam2Config {
                 ),
             );
         }
-        if neck.kernel_size % 2 == 0 || neck.stride != 1 || neck.padding != neck.kernel_size / 2 {
+        if neck.kernel_size.is_multiple_of(2)
+            || neck.stride != 1
+            || neck.padding != neck.kernel_size / 2
+        {
             return fail(
                 "model.image_encoder.neck",
                 format!(
@@ -809,7 +812,7 @@ impl Sam2Config {
 
         // Widths that must agree for the modules to connect.
         let c = self.hidden_dim();
-        if c % 16 != 0 {
+        if !c.is_multiple_of(16) {
             return fail(
                 "model.image_encoder.neck.d_model",
                 format!("{c}: the mask decoder's 8 heads at half width need a multiple of 16"),
@@ -907,7 +910,9 @@ impl Sam2Config {
                 ),
             );
         }
-        if fuser.layer.kernel_size % 2 == 0 || fuser.layer.padding != fuser.layer.kernel_size / 2 {
+        if fuser.layer.kernel_size.is_multiple_of(2)
+            || fuser.layer.padding != fuser.layer.kernel_size / 2
+        {
             return fail(
                 "model.memory_encoder.fuser.layer",
                 format!(
@@ -916,7 +921,7 @@ impl Sam2Config {
                 ),
             );
         }
-        if m < c && c % m != 0 && self.use_obj_ptrs_in_encoder {
+        if m < c && !c.is_multiple_of(m) && self.use_obj_ptrs_in_encoder {
             return fail(
                 "model.memory_encoder.out_dim",
                 format!(
@@ -1058,7 +1063,7 @@ fn check_sine(origin: &str, field: &str, pe: &PositionEmbeddingSineConfig) -> Re
         &pe.target,
         "sam2.modeling.position_encoding.PositionEmbeddingSine",
     )?;
-    if pe.num_pos_feats % 4 != 0 || pe.num_pos_feats == 0 {
+    if !pe.num_pos_feats.is_multiple_of(4) || pe.num_pos_feats == 0 {
         return Err(Error::config(
             origin,
             format!(

@@ -20,52 +20,72 @@ pub enum Filter {
 }
 
 /// The [out, in] weight matrix resampling a line of `input` samples to `output` samples.
+///
+/// The arithmetic follows ATen's CPU kernels for f32 tensors (`UpSampleKernel.cpp`), including
+/// where they round to f32 and where C++ promotes to double: downsampling weights computed in
+/// f64 differ from PyTorch's by up to 1e-5, which shows in the logits.
 pub fn weight_matrix(filter: Filter, input: usize, output: usize) -> Vec<f32> {
     let mut w = vec![0f32; output * input];
-    // area_pixel_compute_scale with align_corners=False and no explicit scale factor.
-    let scale = input as f64 / output as f64;
+    // area_pixel_compute_scale<float> with align_corners=False and no scale factor.
+    let scale = input as f32 / output as f32;
+    let last = input as i64 - 1;
     for i in 0..output {
         let row = &mut w[i * input..(i + 1) * input];
         match filter {
             Filter::Bilinear => {
-                let src = (scale * (i as f64 + 0.5) - 0.5).max(0.0);
-                let i0 = (src.floor() as usize).min(input - 1);
-                let i1 = (i0 + 1).min(input - 1);
-                let lambda = (src - i0 as f64) as f32;
-                row[i0] += 1.0 - lambda;
-                row[i1] += lambda;
+                // area_pixel_compute_source_index: double arithmetic, returned as float.
+                let src = (scale as f64 * (i as f64 + 0.5) - 0.5) as f32;
+                let src = src.max(0.0);
+                let i0 = (src.floor() as i64).min(last);
+                let lambda1 = (src - i0 as f32).clamp(0.0, 1.0);
+                let i1 = if i0 < last { i0 + 1 } else { i0 };
+                row[i0 as usize] += 1.0 - lambda1;
+                row[i1 as usize] += lambda1;
             }
             Filter::BilinearAntialias => {
-                // _compute_weights_aa in ATen's UpSampleKernel.cpp, interp_size 2.
+                // _compute_indices_min_size_weights_aa, interp_size 2.
                 let support = if scale >= 1.0 { scale } else { 1.0 };
-                let invscale = if scale >= 1.0 { 1.0 / scale } else { 1.0 };
-                let center = scale * (i as f64 + 0.5);
-                let xmin = ((center - support + 0.5) as i64).max(0) as usize;
-                let xmax = ((center + support + 0.5) as i64).min(input as i64) as usize;
-                let taps: Vec<f64> = (xmin..xmax)
+                let invscale = if scale >= 1.0 {
+                    (1.0 / scale as f64) as f32
+                } else {
+                    1.0
+                };
+                let center = (scale as f64 * (i as f64 + 0.5)) as f32;
+                let max_taps = (support.ceil() as i64) * 2 + 1;
+                let xmin = (((center - support) as f64 + 0.5) as i64).max(0);
+                let xsize = ((((center + support) as f64 + 0.5) as i64).min(input as i64) - xmin)
+                    .clamp(0, max_taps);
+                let taps: Vec<f32> = (0..xsize)
                     .map(|j| {
-                        let x = (j as f64 - center + 0.5) * invscale;
-                        (1.0 - x.abs()).max(0.0)
+                        let x =
+                            ((((j + xmin) as f32 - center) as f64 + 0.5) * invscale as f64) as f32;
+                        let x = x.abs();
+                        if x < 1.0 {
+                            (1.0 - x as f64) as f32
+                        } else {
+                            0.0
+                        }
                     })
                     .collect();
-                let total: f64 = taps.iter().sum();
+                let total: f32 = taps.iter().sum();
                 if total != 0.0 {
-                    for (j, t) in (xmin..xmax).zip(taps) {
-                        row[j] = (t / total) as f32;
+                    for (j, t) in taps.iter().enumerate() {
+                        row[(xmin + j as i64) as usize] = t / total;
                     }
                 }
             }
             Filter::Bicubic => {
-                const A: f64 = -0.75;
-                let cc1 = |x: f64| ((A + 2.0) * x - (A + 3.0)) * x * x + 1.0;
-                let cc2 = |x: f64| ((A * x - 5.0 * A) * x + 8.0 * A) * x - 4.0 * A;
-                let real = scale * (i as f64 + 0.5) - 0.5;
-                let base = real.floor();
-                let t = real - base;
-                let coeffs = [cc2(t + 1.0), cc1(t), cc1(1.0 - t), cc2(2.0 - t)];
+                const A: f32 = -0.75;
+                let cc1 = |x: f32| ((A + 2.0) * x - (A + 3.0)) * x * x + 1.0;
+                let cc2 = |x: f32| ((A * x - 5.0 * A) * x + 8.0 * A) * x - 4.0 * A;
+                let real = (scale as f64 * (i as f64 + 0.5) - 0.5) as f32;
+                // guard_index_and_lambda
+                let base = (real.floor() as i64).min(last);
+                let t = (real - base as f32).clamp(0.0, 1.0);
+                let coeffs = [cc2(t + 1.0), cc1(t), cc1(1.0 - t), cc2((1.0 - t) + 1.0)];
                 for (k, c) in coeffs.iter().enumerate() {
-                    let j = (base as i64 - 1 + k as i64).clamp(0, input as i64 - 1) as usize;
-                    row[j] += *c as f32;
+                    let j = (base + k as i64 - 1).clamp(0, last) as usize;
+                    row[j] += *c;
                 }
             }
         }

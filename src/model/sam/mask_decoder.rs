@@ -141,6 +141,7 @@ impl MaskDecoder {
     /// `forward`: `image_embeddings` [B or 1, C, h, w] (repeated over the prompts when
     /// `repeat_image`), `image_pe` [1, C, h, w], sparse [B, N, C], dense [B, C, h, w],
     /// `high_res_features` (feat_s0 [.., C/8, 4h, 4w], feat_s1 [.., C/4, 2h, 2w]).
+    #[allow(clippy::too_many_arguments)] // the official signature, argument for argument
     pub fn forward(
         &self,
         image_embeddings: &Tensor,

@@ -164,7 +164,7 @@ impl RoPEAttention {
             let (cos_k, sin_k) = if num_rope == n {
                 (cos, sin)
             } else {
-                if !self.rope_k_repeat || num_rope % n != 0 {
+                if !self.rope_k_repeat || !num_rope.is_multiple_of(n) {
                     candle_core::bail!(
                         "RoPE keys: {num_rope} keys for {n} queries need rope_k_repeat and a whole multiple"
                     );
