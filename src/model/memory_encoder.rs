@@ -7,7 +7,7 @@ use candle_nn::VarBuilder;
 use crate::model::config::{
     CxBlockConfig, FuserConfig, MaskDownSamplerConfig, MemoryEncoderConfig,
 };
-use crate::model::nn::{Conv2d, LayerNorm2d, Linear};
+use crate::model::nn::{Conv2d, LayerNorm2d, Linear, gelu};
 use crate::model::position_encoding::PositionEmbeddingSine;
 
 /// `MaskDownSampler`: (conv, LayerNorm2d, GELU) × log_stride(total_stride), then a 1×1 conv.
@@ -61,7 +61,7 @@ impl Module for MaskDownSampler {
         let _enter = self.span.enter();
         let mut x = x.clone();
         for (conv, norm) in &self.stages {
-            x = norm.forward(&conv.forward(&x)?)?.gelu_erf()?;
+            x = gelu(&norm.forward(&conv.forward(&x)?)?)?;
         }
         self.out.forward(&x)
     }
@@ -110,9 +110,7 @@ impl Module for CxBlock {
         let _enter = self.span.enter();
         let x = self.norm.forward(&self.dwconv.forward(input)?)?;
         let x = x.permute((0, 2, 3, 1))?;
-        let x = self
-            .pwconv2
-            .forward(&self.pwconv1.forward(&x)?.gelu_erf()?)?;
+        let x = self.pwconv2.forward(&gelu(&self.pwconv1.forward(&x)?)?)?;
         let x = match &self.gamma {
             Some(g) => x.broadcast_mul(g)?,
             None => x,

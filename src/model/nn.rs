@@ -4,10 +4,10 @@
 //! Every layer loads its parameters under the official attribute names (`weight`, `bias`), so a
 //! module's `vb.pp("...")` path is its checkpoint key.
 
-use candle_core::{D, DType, Device, Module, Result, Tensor, bail};
+use candle_core::{D, DType, Module, Result, Tensor, bail};
 use candle_nn::VarBuilder;
 
-use super::kernels::{DepthwiseConv2d, LayerNormLastDim};
+use super::kernels::{DepthwiseConv2d, FusedAttention, GeluErf, LayerNormLastDim};
 
 /// `nn.Linear`.
 #[derive(Debug, Clone)]
@@ -136,8 +136,17 @@ impl Module for Activation {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match self {
             Self::Relu => x.relu(),
-            Self::Gelu => x.gelu_erf(),
+            Self::Gelu => gelu(x),
         }
+    }
+}
+
+/// `nn.GELU()`: the exact (erf) form, not candle's `gelu` (the tanh approximation).
+pub fn gelu(x: &Tensor) -> Result<Tensor> {
+    if x.device().is_cpu() && x.dtype() == DType::F32 {
+        x.contiguous()?.apply_op1_no_bwd(&GeluErf)
+    } else {
+        x.gelu_erf()
     }
 }
 
@@ -364,8 +373,23 @@ pub fn scaled_dot_product_attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Resul
     let n = q.dim(rank - 2)?;
     let d = q.dim(rank - 1)?;
     let m = k.dim(rank - 2)?;
-    let batch: usize = q.dims()[..rank - 2].iter().product();
+    let dv = v.dim(rank - 1)?;
+    let lead = q.dims()[..rank - 2].to_vec();
+    let batch: usize = lead.iter().product();
     let scale = 1.0 / (d as f64).sqrt();
+    if q.device().is_cpu() && q.dtype() == DType::F32 && m > 0 {
+        let op = FusedAttention {
+            scale: scale as f32,
+        };
+        let out = q.reshape((batch, n, d))?.contiguous()?.apply_op3_no_bwd(
+            &k.reshape((batch, m, d))?.contiguous()?,
+            &v.reshape((batch, m, dv))?.contiguous()?,
+            &op,
+        )?;
+        let mut dims = lead;
+        dims.extend([n, dv]);
+        return out.reshape(dims);
+    }
     let kt = k.transpose(rank - 2, rank - 1)?.contiguous()?;
     let v = v.contiguous()?;
     let chunk = (MAX_SCORES_PER_CHUNK / (m * batch).max(1)).clamp(1, n.max(1));
@@ -381,14 +405,4 @@ pub fn scaled_dot_product_attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Resul
         .map(|start| attend(&q.narrow(rank - 2, start, chunk.min(n - start))?))
         .collect::<Result<Vec<_>>>()?;
     Tensor::cat(&parts, rank - 2)
-}
-
-/// A scalar parameter-free constant on the right device and dtype.
-pub fn full_like_dtype(
-    value: f64,
-    shape: &[usize],
-    dtype: DType,
-    device: &Device,
-) -> Result<Tensor> {
-    Tensor::full(value, shape, device)?.to_dtype(dtype)
 }

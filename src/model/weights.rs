@@ -66,6 +66,42 @@ impl WeightFile {
         })
     }
 
+    /// Seeded random weights for `config` (N(0, 0.02), norms near 1): for benchmarks and tests
+    /// that need a model of a real size and no checkpoint.
+    pub fn random(config: &Sam2Config, seed: u64) -> Result<Self> {
+        let mut state = seed ^ 0x9e37_79b9_7f4a_7c15;
+        let mut next = move || {
+            // splitmix64, then Box-Muller: deterministic on every platform.
+            state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
+        };
+        let mut tensors = HashMap::new();
+        for (name, shape) in expected_parameters(config)? {
+            let n: usize = shape.iter().product();
+            let is_norm_weight = name.ends_with("norm.weight")
+                || name.contains(".norm") && name.ends_with(".weight") && shape.len() == 1;
+            let values: Vec<f32> = (0..n)
+                .map(|_| {
+                    let (u1, u2) = (next().max(f64::MIN_POSITIVE), next());
+                    let g = (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos();
+                    (if is_norm_weight {
+                        1.0 + 0.02 * g
+                    } else {
+                        0.02 * g
+                    }) as f32
+                })
+                .collect();
+            tensors.insert(name, Tensor::from_vec(values, shape, &Device::Cpu)?);
+        }
+        Ok(Self {
+            path: PathBuf::from(format!("<random seed {seed}>")),
+            tensors,
+        })
+    }
+
     /// Writes the tensors as safetensors in `dtype` (f32, f16 or bf16).
     pub fn save_safetensors(&self, out: &Path, dtype: DType) -> Result<()> {
         let converted = self

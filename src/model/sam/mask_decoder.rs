@@ -6,7 +6,7 @@ use candle_nn::VarBuilder;
 use super::transformer::TwoWayTransformer;
 use crate::model::config::MaskDecoderExtraArgs;
 use crate::model::nn::{
-    Activation, Conv2d, ConvTranspose2x2, LayerNorm2d, Linear, Mlp, embedding_table,
+    Activation, Conv2d, ConvTranspose2x2, LayerNorm2d, Linear, Mlp, embedding_table, gelu,
 };
 
 /// What the mask decoder predicts for a batch of prompts.
@@ -220,16 +220,18 @@ impl MaskDecoder {
                     .upscale_conv1
                     .forward(&src)?
                     .broadcast_add(&repeat(feat_s1)?)?;
-                let x = self.upscale_norm.forward(&x)?.gelu_erf()?;
-                self.upscale_conv2
-                    .forward(&x)?
-                    .broadcast_add(&repeat(feat_s0)?)?
-                    .gelu_erf()?
+                let x = gelu(&self.upscale_norm.forward(&x)?)?;
+                gelu(
+                    &self
+                        .upscale_conv2
+                        .forward(&x)?
+                        .broadcast_add(&repeat(feat_s0)?)?,
+                )?
             }
             None => {
                 let x = self.upscale_conv1.forward(&src)?;
-                let x = self.upscale_norm.forward(&x)?.gelu_erf()?;
-                self.upscale_conv2.forward(&x)?.gelu_erf()?
+                let x = gelu(&self.upscale_norm.forward(&x)?)?;
+                gelu(&self.upscale_conv2.forward(&x)?)?
             }
         };
         let hyper_in = self

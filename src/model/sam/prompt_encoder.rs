@@ -7,7 +7,7 @@
 use candle_core::{D, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use crate::model::nn::{Conv2d, LayerNorm2d, embedding_table};
+use crate::model::nn::{Conv2d, LayerNorm2d, embedding_table, gelu};
 use crate::model::position_encoding::PositionEmbeddingRandom;
 
 /// Point prompts of a batch: coordinates [B, N, 2] as (x, y) pixels of the model input
@@ -132,9 +132,9 @@ impl PromptEncoder {
     fn embed_masks(&self, masks: &Tensor) -> Result<Tensor> {
         // Conv, LayerNorm2d, GELU (the official default activation), twice, then a 1x1 conv.
         let x = self.mask_downscaling[0].forward(masks)?;
-        let x = self.mask_norms[0].forward(&x)?.gelu_erf()?;
+        let x = gelu(&self.mask_norms[0].forward(&x)?)?;
         let x = self.mask_downscaling[1].forward(&x)?;
-        let x = self.mask_norms[1].forward(&x)?.gelu_erf()?;
+        let x = gelu(&self.mask_norms[1].forward(&x)?)?;
         self.mask_downscaling[2].forward(&x)
     }
 

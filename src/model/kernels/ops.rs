@@ -1,11 +1,9 @@
-//! CPU kernels for the few operations where candle's generic path is slow or imprecise.
-//!
-//! Each kernel is a candle custom op for contiguous f32 tensors on the CPU; the callers in
-//! `nn.rs` fall back to plain tensor arithmetic for other dtypes and devices, so these are fast
-//! paths, never the only path.
+//! Element-wise and small-window kernels: LayerNorm, GELU, depthwise convolution.
 
-use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, bail};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, bail};
 use rayon::prelude::*;
+
+use super::simd;
 
 fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> Result<&'a [f32]> {
     let data = match storage {
@@ -49,16 +47,23 @@ impl CustomOp3 for LayerNormLastDim {
         let mut out = vec![0f32; x.len()];
         out.par_chunks_mut(dim)
             .zip(x.par_chunks(dim))
-            .for_each(|(dst, src)| {
-                let n = dim as f32;
-                let mean = src.iter().sum::<f32>() / n;
-                let var = src.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
-                let inv_std = 1.0 / (var + eps).sqrt();
-                for (((d, s), w), b) in dst.iter_mut().zip(src).zip(weight).zip(bias) {
-                    *d = (s - mean) * inv_std * w + b;
-                }
-            });
+            .for_each(|(dst, src)| simd::layer_norm_row(src, dst, weight, bias, eps));
         Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
+/// GELU with the exact (erf) form, as `nn.GELU()`.
+pub(crate) struct GeluErf;
+
+impl CustomOp1 for GeluErf {
+    fn name(&self) -> &'static str {
+        "gelu-erf"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let mut out = contiguous_f32(s, l, "gelu input")?.to_vec();
+        out.par_chunks_mut(1 << 14).for_each(simd::gelu_erf);
+        Ok((CpuStorage::F32(out), l.shape().clone()))
     }
 }
 
@@ -117,10 +122,7 @@ impl CustomOp2 for DepthwiseConv2d {
                         for oy in y0..y1 {
                             let iy = oy + ky - p;
                             let src_row = &src[iy * wd + x0 + kx - p..iy * wd + x1 + kx - p];
-                            let dst_row = &mut dst[oy * ow + x0..oy * ow + x1];
-                            for (d, s) in dst_row.iter_mut().zip(src_row) {
-                                *d += wv * s;
-                            }
+                            simd::axpy(&mut dst[oy * ow + x0..oy * ow + x1], src_row, wv);
                         }
                     }
                 }
