@@ -7,45 +7,73 @@
 use candle_core::{D, DType, Module, Result, Tensor, bail};
 use candle_nn::VarBuilder;
 
-use super::kernels::{DepthwiseConv2d, FusedAttention, GeluErf, LayerNormLastDim};
+use super::kernels::{
+    DepthwiseConv2d, Epilogue, FusedAttention, FusedLinear, GeluErf, LayerNormLastDim,
+};
 
 /// `nn.Linear`.
 #[derive(Debug, Clone)]
 pub struct Linear {
     weight: Tensor,
-    bias: Option<Tensor>,
+    bias: Tensor,
     span: tracing::Span,
 }
 
 impl Linear {
     pub fn new(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Self> {
         let weight = vb.get((out_dim, in_dim), "weight")?;
-        let bias = Some(vb.get(out_dim, "bias")?);
+        let bias = vb.get(out_dim, "bias")?;
         let span = tracing::span!(tracing::Level::TRACE, "linear", in_dim, out_dim);
         Ok(Self { weight, bias, span })
     }
 
-    pub fn out_dim(&self) -> usize {
-        self.weight.dim(0).unwrap_or(0)
+    /// [out, in]
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
+    /// [out]
+    pub fn bias(&self) -> &Tensor {
+        &self.bias
     }
 }
 
-impl Module for Linear {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+impl Linear {
+    /// `activation(linear(x))`, fused into one pass over the output on the CPU.
+    pub fn forward_activated(&self, x: &Tensor, activation: Option<Activation>) -> Result<Tensor> {
         let _enter = self.span.enter();
         // Fold all leading dims into one so a single GEMM runs, whatever the rank.
         let dims = x.dims().to_vec();
         let in_dim = *dims.last().unwrap();
         let rows = x.elem_count() / in_dim.max(1);
         let x2 = x.reshape((rows, in_dim))?;
-        let y = x2.matmul(&self.weight.t()?)?;
-        let y = match &self.bias {
-            Some(b) => y.broadcast_add(b)?,
-            None => y,
+        let y = if x.device().is_cpu() && x.dtype() == DType::F32 {
+            let epilogue = match activation {
+                None => Epilogue::None,
+                Some(Activation::Relu) => Epilogue::Relu,
+                Some(Activation::Gelu) => Epilogue::Gelu,
+            };
+            x2.contiguous()?.apply_op3_no_bwd(
+                &self.weight,
+                &self.bias,
+                &FusedLinear { epilogue },
+            )?
+        } else {
+            let y = x2.matmul(&self.weight.t()?)?.broadcast_add(&self.bias)?;
+            match activation {
+                Some(a) => a.forward(&y)?,
+                None => y,
+            }
         };
         let mut out_dims = dims;
         *out_dims.last_mut().unwrap() = self.weight.dim(0)?;
         y.reshape(out_dims)
+    }
+}
+
+impl Module for Linear {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_activated(x, None)
     }
 }
 
@@ -196,10 +224,8 @@ impl Module for Mlp {
         let _enter = self.span.enter();
         let mut x = x.clone();
         for (i, layer) in self.layers.iter().enumerate() {
-            x = layer.forward(&x)?;
-            if i + 1 < self.layers.len() {
-                x = self.activation.forward(&x)?;
-            }
+            let hidden = i + 1 < self.layers.len();
+            x = layer.forward_activated(&x, hidden.then_some(self.activation))?;
         }
         if self.sigmoid_output {
             x = candle_nn::ops::sigmoid(&x)?;
@@ -214,7 +240,7 @@ impl Module for Mlp {
 #[derive(Debug, Clone)]
 pub struct Conv2d {
     weight: Tensor,
-    bias: Option<Tensor>,
+    bias: Tensor,
     stride: usize,
     padding: usize,
     groups: usize,
@@ -235,7 +261,7 @@ impl Conv2d {
             (out_channels, in_channels / groups, kernel, kernel),
             "weight",
         )?;
-        let bias = Some(vb.get(out_channels, "bias")?);
+        let bias = vb.get(out_channels, "bias")?;
         let span = tracing::span!(tracing::Level::TRACE, "conv2d", kernel, stride);
         Ok(Self {
             weight,
@@ -248,10 +274,7 @@ impl Conv2d {
     }
 
     fn add_bias(&self, y: Tensor) -> Result<Tensor> {
-        match &self.bias {
-            Some(b) => y.broadcast_add(&b.reshape((1, b.dim(0)?, 1, 1))?),
-            None => Ok(y),
-        }
+        y.broadcast_add(&self.bias.reshape((1, self.bias.dim(0)?, 1, 1))?)
     }
 }
 
@@ -260,6 +283,15 @@ impl Module for Conv2d {
         let _enter = self.span.enter();
         let (b, c_in, h, w) = x.dims4()?;
         let (c_out, _, kh, kw) = self.weight.dims4()?;
+        if self.groups == 1 && kh == 1 && kw == 1 && self.padding == 0 && self.stride == 1 {
+            // 1×1: [C_out, C_in] @ [B, C_in, H*W], straight in NCHW with no transposes.
+            let y = self
+                .weight
+                .reshape((1, c_out, c_in))?
+                .broadcast_matmul(&x.reshape((b, c_in, h * w))?)?
+                .reshape((b, c_out, h, w))?;
+            return self.add_bias(y);
+        }
         if self.groups == 1 && kh == kw && self.padding == 0 && kh == self.stride {
             let k = kh;
             if h % k == 0 && w % k == 0 {

@@ -3,10 +3,11 @@
 //! Tokens are kept channels-last, [B, H, W, C], as in the official code; the stage outputs are
 //! returned NCHW. The position embedding depends only on the image size, so it is computed once.
 
-use candle_core::{D, Module, Result, Tensor};
+use candle_core::{D, DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::model::config::HieraConfig;
+use crate::model::kernels::WindowAttention;
 use crate::model::nn::{Activation, Conv2d, LayerNorm, Linear, Mlp, scaled_dot_product_attention};
 use crate::model::resample::{Filter, resample};
 
@@ -22,17 +23,22 @@ fn max_pool_nhwc(x: &Tensor, stride: usize) -> Result<Tensor> {
     x.reshape((b, oh, stride, ow, stride, c))?.max(4)?.max(2)
 }
 
-/// Splits [B, H, W, C] into zero-padded windows [B*nW, ws, ws, C]; returns the padded size.
-fn window_partition(x: &Tensor, ws: usize) -> Result<(Tensor, (usize, usize))> {
-    let (b, h, w, c) = x.dims4()?;
+/// Pads [B, H, W, C] with zeros at the bottom and right to multiples of `ws`.
+fn pad_to_windows(x: &Tensor, ws: usize) -> Result<Tensor> {
+    let (_, h, w, _) = x.dims4()?;
     let pad_h = (ws - h % ws) % ws;
     let pad_w = (ws - w % ws) % ws;
-    let x = if pad_h > 0 || pad_w > 0 {
-        x.pad_with_zeros(1, 0, pad_h)?.pad_with_zeros(2, 0, pad_w)?
+    if pad_h > 0 || pad_w > 0 {
+        x.pad_with_zeros(1, 0, pad_h)?.pad_with_zeros(2, 0, pad_w)
     } else {
-        x.clone()
-    };
-    let (hp, wp) = (h + pad_h, w + pad_w);
+        Ok(x.clone())
+    }
+}
+
+/// Splits [B, H, W, C] into zero-padded windows [B*nW, ws, ws, C]; returns the padded size.
+fn window_partition(x: &Tensor, ws: usize) -> Result<(Tensor, (usize, usize))> {
+    let x = pad_to_windows(x, ws)?;
+    let (b, hp, wp, c) = x.dims4()?;
     let windows = x
         .reshape((b, hp / ws, ws, wp / ws, ws, c))?
         .permute((0, 1, 3, 2, 4, 5))?
@@ -88,6 +94,23 @@ impl MultiScaleAttention {
             proj: Linear::new(dim_out, dim_out, vb.pp("proj"))?,
             span: tracing::span!(tracing::Level::TRACE, "hiera_attention"),
         })
+    }
+
+    /// Attention within windows of `ws` of a map already padded to whole windows
+    /// [B, Hp, Wp, C]; the output is window-major [B·nW, ws', ws', C_out] (ws' = ws / q_stride).
+    fn forward_windows(&self, padded: &Tensor, ws: usize) -> Result<Tensor> {
+        if padded.device().is_cpu() && padded.dtype() == DType::F32 {
+            let _enter = self.span.enter();
+            let op = WindowAttention {
+                window: ws,
+                heads: self.num_heads,
+                q_stride: self.q_stride.unwrap_or(1),
+            };
+            let out = self.qkv.forward(padded)?.apply_op1_no_bwd(&op)?;
+            return self.proj.forward(&out);
+        }
+        let (windows, _) = window_partition(padded, ws)?;
+        self.forward(&windows)
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
@@ -180,9 +203,12 @@ impl MultiScaleBlock {
         let mut x = x;
         let mut pad_hw = (h, w);
         if self.window_size > 0 {
-            (x, pad_hw) = window_partition(&x, self.window_size)?;
+            let padded = pad_to_windows(&x, self.window_size)?;
+            pad_hw = (padded.dim(1)?, padded.dim(2)?);
+            x = self.attn.forward_windows(&padded, self.window_size)?;
+        } else {
+            x = self.attn.forward(&x)?;
         }
-        x = self.attn.forward(&x)?;
         let (mut out_hw, mut window_size) = ((h, w), self.window_size);
         if let Some(stride) = self.q_stride {
             // The pooled windows are `window_size / stride` wide and tile the pooled map.

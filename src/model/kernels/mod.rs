@@ -1,12 +1,16 @@
 //! CPU kernels for the operations where candle's generic path is slow or imprecise: fused
-//! attention, LayerNorm, GELU and depthwise convolution, on contiguous f32 tensors.
+//! attention (and Hiera's windowed attention), linear layers, LayerNorm, GELU and depthwise convolution, on contiguous f32 tensors.
 //!
 //! The callers in `nn.rs` use them on the CPU for f32 and fall back to plain tensor arithmetic
 //! for other dtypes and devices, so these are fast paths, never the only path.
 
 mod attention;
+mod linear;
 mod ops;
 mod simd;
+mod window_attention;
 
 pub(crate) use attention::FusedAttention;
+pub(crate) use linear::{Epilogue, FusedLinear};
 pub(crate) use ops::{DepthwiseConv2d, GeluErf, LayerNormLastDim};
+pub(crate) use window_attention::WindowAttention;

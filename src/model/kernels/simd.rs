@@ -55,7 +55,10 @@ fn exp_approx(x: f32) -> f32 {
     p = p * r + 1.666_666_5e-1;
     p = p * r + 0.5;
     let y = p * r * r + r + 1.0;
-    y * f32::from_bits(((n as i32 + 127) << 23) as u32)
+    // SAFETY: the clamp keeps n in [-125, 127], well inside i32 (an unchecked conversion
+    // vectorises; `as i32` saturates and does not).
+    let n = unsafe { n.to_int_unchecked::<i32>() };
+    y * f32::from_bits(((n + 127) << 23) as u32)
 }
 
 multiversion! {
@@ -155,6 +158,15 @@ multiversion! {
         let inv_std = 1.0 / (sq / n + eps).sqrt();
         for (((d, s), w), b) in dst.iter_mut().zip(src).zip(w).zip(b) {
             *d = (s - mean) * inv_std * w + b;
+        }
+    }
+}
+
+multiversion! {
+    /// `xs[i] = max(xs[i], 0)`.
+    pub fn relu(xs: &mut [f32]) {
+        for v in xs.iter_mut() {
+            *v = if *v > 0.0 { *v } else { 0.0 };
         }
     }
 }

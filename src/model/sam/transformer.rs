@@ -56,23 +56,43 @@ impl Attention {
         x.transpose(1, 2)?.reshape((b, n, h * c))
     }
 
-    fn project(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+    fn project_qk(&self, q: &Tensor, k: &Tensor) -> Result<(Tensor, Tensor)> {
         Ok((
             self.separate_heads(&self.q_proj.forward(q)?)?,
             self.separate_heads(&self.k_proj.forward(k)?)?,
-            self.separate_heads(&self.v_proj.forward(v)?)?,
         ))
     }
 
-    fn finish(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
-        let out = scaled_dot_product_attention(q, k, v)?;
+    /// The attention output for projected, head-split `q` and `k` and the unprojected values
+    /// [B, M, kv_in]. When the values are narrower than a head (memory attention: 64-wide
+    /// memories, 256-wide heads), the value projection comes after the weighted sum: softmax
+    /// rows sum to one, so P·(X·Wᵀ + b) = (P·X)·Wᵀ + b, with 4× fewer multiply-adds in the
+    /// largest product of the whole tracking step.
+    fn attend(&self, q: &Tensor, k: &Tensor, v_in: &Tensor) -> Result<Tensor> {
+        let (b, m, kv_in) = v_in.dims3()?;
+        let heads = self.num_heads;
+        let head_dim = q.dim(3)?;
+        let out = if kv_in < head_dim {
+            let x = v_in.unsqueeze(1)?.broadcast_as((b, heads, m, kv_in))?;
+            let px = scaled_dot_product_attention(q, k, &x)?; // [B, heads, N, kv_in]
+            let w = self
+                .v_proj
+                .weight()
+                .reshape((1, heads, head_dim, kv_in))?
+                .transpose(2, 3)?;
+            let bias = self.v_proj.bias().reshape((1, heads, 1, head_dim))?;
+            px.broadcast_matmul(&w)?.broadcast_add(&bias)?
+        } else {
+            let v = self.separate_heads(&self.v_proj.forward(v_in)?)?;
+            scaled_dot_product_attention(q, k, &v)?
+        };
         self.out_proj.forward(&Self::recombine_heads(&out)?)
     }
 
     pub fn forward(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
         let _enter = self.span.enter();
-        let (q, k, v) = self.project(q, k, v)?;
-        self.finish(&q, &k, &v)
+        let (q, k) = self.project_qk(q, k)?;
+        self.attend(&q, &k, v)
     }
 }
 
@@ -151,7 +171,7 @@ impl RoPEAttention {
         num_k_exclude_rope: usize,
     ) -> Result<Tensor> {
         let _enter = self.span.enter();
-        let (q, k, v) = self.attention.project(q, k, v)?;
+        let (q, k) = self.attention.project_qk(q, k)?;
         let n = q.dim(2)?;
         let (cos, sin) = self.tables(n, &q)?;
         let q = candle_nn::rotary_emb::rope_i(&q, &cos, &sin)?;
@@ -180,7 +200,7 @@ impl RoPEAttention {
                 rotated
             }
         };
-        self.attention.finish(&q, &k, &v)
+        self.attention.attend(&q, &k, v)
     }
 }
 
