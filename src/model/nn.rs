@@ -8,7 +8,8 @@ use candle_core::{D, DType, Module, Result, Tensor, bail};
 use candle_nn::VarBuilder;
 
 use super::kernels::{
-    DepthwiseConv2d, Epilogue, FusedAttention, FusedLinear, GeluErf, LayerNormLastDim,
+    DepthwiseConv2d, Epilogue, FusedAttention, FusedLinear, GeluErf, LayerNormChannels,
+    LayerNormLastDim,
 };
 
 /// `nn.Linear`.
@@ -137,6 +138,14 @@ impl LayerNorm2d {
 
 impl Module for LayerNorm2d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if x.device().is_cpu() && x.dtype() == DType::F32 {
+            let op = LayerNormChannels {
+                eps: self.norm.eps as f32,
+            };
+            return x
+                .contiguous()?
+                .apply_op3_no_bwd(&self.norm.weight, &self.norm.bias, &op);
+        }
         x.permute((0, 2, 3, 1))?
             .apply(&self.norm)?
             .permute((0, 3, 1, 2))
@@ -379,12 +388,12 @@ impl Module for ConvTranspose2x2 {
         let _enter = self.span.enter();
         let (b, c_in, h, w) = x.dims4()?;
         let c_out = self.weight.dim(1)?;
-        let rows = x.permute((0, 2, 3, 1))?.reshape((b * h * w, c_in))?;
-        let wmat = self.weight.reshape((c_in, c_out * 4))?;
-        let y = rows
-            .matmul(&wmat)?
-            .reshape((b, h, w, c_out, 2, 2))?
-            .permute((0, 3, 1, 4, 2, 5))?
+        // [C_out·4, C_in] @ [B, C_in, H·W] in NCHW, then one pixel-shuffle copy.
+        let wmat = self.weight.reshape((c_in, c_out * 4))?.t()?.unsqueeze(0)?;
+        let y = wmat
+            .broadcast_matmul(&x.reshape((b, c_in, h * w))?)?
+            .reshape((b, c_out, 2, 2, h, w))?
+            .permute((0, 1, 4, 2, 5, 3))?
             .reshape((b, c_out, 2 * h, 2 * w))?;
         y.broadcast_add(&self.bias.reshape((1, c_out, 1, 1))?)
     }

@@ -125,19 +125,16 @@ impl Resampler {
         let (out_h, out_w) = (wy.dim(0)?, wx_t.dim(1)?);
         let lead: Vec<usize> = x.dims()[..rank - 2].to_vec();
         let n: usize = lead.iter().product();
-        // Columns first: [n*in_h, in_w] @ [in_w, out_w].
-        let cols = x.reshape((n * in_h, in_w))?.matmul(&wx_t)?;
-        // Then rows, as one product: [out_h, in_h] @ [in_h, n*out_w].
-        let cols = cols
-            .reshape((n, in_h, out_w))?
-            .transpose(0, 1)?
-            .contiguous()?
-            .reshape((in_h, n * out_w))?;
+        // Columns first: [n*in_h, in_w] @ [in_w, out_w]; then rows: [out_h, in_h] @ each
+        // [in_h, out_w], with `wy` broadcast over the batch (stride 0, no copy).
+        let cols = x
+            .reshape((n * in_h, in_w))?
+            .matmul(&wx_t)?
+            .reshape((n, in_h, out_w))?;
         let out = wy
-            .matmul(&cols)?
-            .reshape((out_h, n, out_w))?
-            .transpose(0, 1)?
-            .contiguous()?;
+            .unsqueeze(0)?
+            .broadcast_as((n, out_h, in_h))?
+            .matmul(&cols)?;
         let mut dims = lead;
         dims.extend([out_h, out_w]);
         out.reshape(dims)

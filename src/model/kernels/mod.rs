@@ -12,5 +12,5 @@ mod window_attention;
 
 pub(crate) use attention::FusedAttention;
 pub(crate) use linear::{Epilogue, FusedLinear};
-pub(crate) use ops::{DepthwiseConv2d, GeluErf, LayerNormLastDim};
+pub(crate) use ops::{DepthwiseConv2d, GeluErf, LayerNormChannels, LayerNormLastDim};
 pub(crate) use window_attention::WindowAttention;

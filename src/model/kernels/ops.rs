@@ -52,6 +52,73 @@ impl CustomOp3 for LayerNormLastDim {
     }
 }
 
+/// LayerNorm over the channels of an NCHW map (`LayerNorm2d`), two-pass, vectorised across
+/// pixels: no transposes to and from channels-last.
+pub(crate) struct LayerNormChannels {
+    pub eps: f32,
+}
+
+impl CustomOp3 for LayerNormChannels {
+    fn name(&self) -> &'static str {
+        "layer-norm-channels"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s1, l1, "layer_norm_2d input")?;
+        let weight = contiguous_f32(s2, l2, "layer_norm_2d weight")?;
+        let bias = contiguous_f32(s3, l3, "layer_norm_2d bias")?;
+        let (_, c, h, w) = l1.shape().dims4()?;
+        if weight.len() != c || bias.len() != c {
+            bail!("layer_norm_2d: {c} channels, weight {}", weight.len());
+        }
+        let hw = h * w;
+        let eps = self.eps;
+        let mut out = vec![0f32; x.len()];
+        // Work in strips of pixels so that the per-pixel statistics stay in cache.
+        const STRIP: usize = 1024;
+        out.par_chunks_mut(c * hw)
+            .zip(x.par_chunks(c * hw))
+            .for_each(|(dst, src)| {
+                let mut mean = vec![0f32; STRIP];
+                let mut inv_std = vec![0f32; STRIP];
+                for p0 in (0..hw).step_by(STRIP) {
+                    let n = STRIP.min(hw - p0);
+                    let (mean, inv_std) = (&mut mean[..n], &mut inv_std[..n]);
+                    mean.fill(0.0);
+                    for ch in 0..c {
+                        simd::axpy(mean, &src[ch * hw + p0..ch * hw + p0 + n], 1.0);
+                    }
+                    simd::scale(mean, 1.0 / c as f32);
+                    inv_std.fill(0.0);
+                    for ch in 0..c {
+                        simd::add_squared_diff(inv_std, &src[ch * hw + p0..ch * hw + p0 + n], mean);
+                    }
+                    simd::inv_std(inv_std, 1.0 / c as f32, eps);
+                    for ch in 0..c {
+                        let range = ch * hw + p0..ch * hw + p0 + n;
+                        simd::normalize(
+                            &mut dst[range.clone()],
+                            &src[range],
+                            mean,
+                            inv_std,
+                            weight[ch],
+                            bias[ch],
+                        );
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
 /// GELU with the exact (erf) form, as `nn.GELU()`.
 pub(crate) struct GeluErf;
 
@@ -61,8 +128,14 @@ impl CustomOp1 for GeluErf {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let mut out = contiguous_f32(s, l, "gelu input")?.to_vec();
-        out.par_chunks_mut(1 << 14).for_each(simd::gelu_erf);
+        let x = contiguous_f32(s, l, "gelu input")?;
+        let mut out = vec![0f32; x.len()];
+        out.par_chunks_mut(1 << 14)
+            .zip(x.par_chunks(1 << 14))
+            .for_each(|(dst, src)| {
+                dst.copy_from_slice(src);
+                simd::gelu_erf(dst);
+            });
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
 }

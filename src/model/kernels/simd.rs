@@ -163,6 +163,33 @@ multiversion! {
 }
 
 multiversion! {
+    /// `acc[i] += (x[i] - mean[i])²`.
+    pub fn add_squared_diff(acc: &mut [f32], x: &[f32], mean: &[f32]) {
+        for ((a, v), m) in acc.iter_mut().zip(x).zip(mean) {
+            *a += (v - m) * (v - m);
+        }
+    }
+}
+
+multiversion! {
+    /// `v[i] = 1 / sqrt(v[i] · scale + eps)`: variance sums to inverse standard deviations.
+    pub fn inv_std(v: &mut [f32], scale: f32, eps: f32) {
+        for x in v.iter_mut() {
+            *x = 1.0 / (*x * scale + eps).sqrt();
+        }
+    }
+}
+
+multiversion! {
+    /// `dst[i] = (src[i] - mean[i]) · inv_std[i] · w + b`.
+    pub fn normalize(dst: &mut [f32], src: &[f32], mean: &[f32], inv_std: &[f32], w: f32, b: f32) {
+        for (((d, s), m), i) in dst.iter_mut().zip(src).zip(mean).zip(inv_std) {
+            *d = (s - m) * i * w + b;
+        }
+    }
+}
+
+multiversion! {
     /// `xs[i] = max(xs[i], 0)`.
     pub fn relu(xs: &mut [f32]) {
         for v in xs.iter_mut() {
