@@ -1,6 +1,6 @@
 //! Choosing the compute device at run time.
 
-use candle_core::Device;
+use candle_core::{DType, Device};
 
 use crate::error::{Error, Result};
 
@@ -27,6 +27,17 @@ fn cuda(ordinal: usize) -> Result<Device> {
         ));
     }
     Device::new_cuda(ordinal).map_err(|e| Error::Device(format!("cuda:{ordinal}: {e}")))
+}
+
+/// Refuses a compute precision the device cannot run: candle's CPU backend has no bf16 matrix
+/// product. (f32 is the parity reference everywhere; f16 runs on both.)
+pub fn check_dtype(device: &Device, dtype: DType) -> Result<()> {
+    if device.is_cpu() && dtype == DType::BF16 {
+        return Err(Error::Device(
+            "bf16 is not supported on the CPU (use f32, or f16; bf16 needs a CUDA device)".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// A short human name of a device, for logs and benchmark output.

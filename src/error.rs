@@ -24,7 +24,7 @@ pub enum Error {
     Weights { path: PathBuf, reason: String },
 
     /// A prompt that cannot be applied (malformed, out of the image, for an unknown object...).
-    #[error("prompt: {0}")]
+    #[error("{0}")]
     Prompt(String),
 
     /// An input image or frame that cannot be used.

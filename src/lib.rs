@@ -28,6 +28,6 @@ gst::plugin_define!(
     "Apache 2.0",
     env!("CARGO_PKG_NAME"),
     env!("CARGO_PKG_NAME"),
-    env!("CARGO_PKG_REPOSITORY"),
+    "Unknown package origin",
     env!("BUILD_REL_DATE")
 );

@@ -90,19 +90,15 @@ pub fn parse_prompts(text: &str) -> std::result::Result<Vec<Prompt>, String> {
     let file: PromptFile = serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
-        // `prompts[2].labels` reads better as "prompt 2: labels".
+        // `prompts[2].labels` reads better as "prompt 2 (labels)".
         match path
             .strip_prefix("prompts[")
             .and_then(|p| p.split_once(']'))
         {
-            Some((index, rest)) => format!(
-                "prompt {index}{}: {inner}",
-                if rest.is_empty() {
-                    String::new()
-                } else {
-                    format!(" ({})", rest.trim_start_matches('.'))
-                }
-            ),
+            Some((index, rest)) => match rest.trim_start_matches('.') {
+                "" | "?" => format!("prompt {index}: {inner}"),
+                field => format!("prompt {index} ({field}): {inner}"),
+            },
             None => inner.to_string(),
         }
     })?;

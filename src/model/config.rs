@@ -943,6 +943,27 @@ impl Sam2Config {
                 "needs pred_obj_scores and use_obj_ptrs_in_encoder".into(),
             );
         }
+        if self.pred_obj_scores && !self.use_obj_ptrs_in_encoder {
+            // The official `_forward_sam_heads` then reads a `no_obj_ptr` that was never created.
+            return fail(
+                "model.pred_obj_scores",
+                "needs use_obj_ptrs_in_encoder (the official model fails without it)".into(),
+            );
+        }
+        if !self.directly_add_no_mem_embed
+            && self.num_maskmem > 0
+            && self.mem_dim() != self.hidden_dim()
+        {
+            // Initial frames then attend to `no_mem_embed` as a memory token of width mem_dim.
+            return fail(
+                "model.directly_add_no_mem_embed",
+                format!(
+                    "false needs the memory width {} to equal the feature width {}",
+                    self.mem_dim(),
+                    self.hidden_dim()
+                ),
+            );
+        }
         if self.proj_tpos_enc_in_obj_ptrs && !self.add_tpos_enc_to_obj_ptrs {
             return fail(
                 "model.proj_tpos_enc_in_obj_ptrs",
@@ -1346,6 +1367,27 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("activation") && err.contains("swish"), "{err}");
+    }
+
+    #[test]
+    fn flag_combinations_the_official_model_cannot_run_are_named() {
+        let err = tiny_with(
+            "use_obj_ptrs_in_encoder: true",
+            "use_obj_ptrs_in_encoder: false",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("fixed_no_obj_ptr") || err.contains("pred_obj_scores"),
+            "{err}"
+        );
+        let err = tiny_with(
+            "directly_add_no_mem_embed: true",
+            "directly_add_no_mem_embed: false",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("directly_add_no_mem_embed"), "{err}");
     }
 
     #[test]

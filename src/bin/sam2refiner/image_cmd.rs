@@ -3,9 +3,9 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use candle_core::{DType, Tensor};
-use gstsam2refiner::device::select_device;
+use gstsam2refiner::device::{check_dtype, select_device};
 use gstsam2refiner::image::RgbImage;
 use gstsam2refiner::model::{BuildMode, ImagePredictor, ImagePrompt, Sam2Config, load_model};
 use gstsam2refiner::prompt::{read_prompt_file, validate_all};
@@ -38,6 +38,7 @@ pub struct ImageArgs {
 pub fn run(args: &ImageArgs) -> Result<()> {
     let device = select_device(&args.device)?;
     let dtype: DType = crate::parse_dtype(&args.dtype)?;
+    check_dtype(&device, dtype)?;
     let mut config = Sam2Config::load(&args.config)?;
     config.apply_build_overrides(BuildMode::Image);
     let image = RgbImage::read_png(&args.image)?;
@@ -46,7 +47,8 @@ pub fn run(args: &ImageArgs) -> Result<()> {
     if frame0.is_empty() {
         bail!("{}: no prompt on frame 0", args.prompts.display());
     }
-    validate_all(&frame0, image.width, image.height)?;
+    validate_all(&frame0, image.width, image.height)
+        .with_context(|| args.prompts.display().to_string())?;
     let mut by_object = BTreeMap::new();
     for p in &frame0 {
         if by_object.insert(p.object, p).is_some() {
