@@ -7,9 +7,7 @@ mod common;
 use candle_core::Tensor;
 use common::track::{Defect, all_logits_match, replay};
 use common::*;
-use gstsam2refiner::image::RgbImage;
-use gstsam2refiner::model::{ImagePredictor, ImagePrompt};
-use gstsam2refiner::prompt::read_prompt_file;
+use gstsam2refiner::model::ImagePrompt;
 
 #[track_caller]
 fn track_defect_is_caught(case: &str, defect: Defect) {
@@ -92,14 +90,9 @@ fn a_box_read_as_y_x_is_caught() {
     for case in CASES {
         let expected = Expected::load(case);
         let model = model(case);
-        let dev = device();
-        let image = RgbImage::read_png(&fixture_dir(case).join("image.png")).unwrap();
-        let mut predictor = ImagePredictor::new(&model);
-        predictor
-            .set_image(&image.to_tensor(&dev).unwrap())
-            .unwrap();
-        let prompts = read_prompt_file(&fixture_dir(case).join("prompts.json")).unwrap();
-        for p in prompts.iter().filter(|p| p.bbox.is_some()) {
+        let predictor = predictor_on_image(&model, case);
+        let image = image(case);
+        for p in prompts(case).iter().filter(|p| p.bbox.is_some()) {
             let [x0, y0, x1, y1] = p.bbox.unwrap();
             let swapped = ImagePrompt {
                 points: p
@@ -132,13 +125,8 @@ fn the_wrong_multimask_candidate_is_caught() {
     for case in CASES {
         let expected = Expected::load(case);
         let model = model(case);
-        let dev = device();
-        let image = RgbImage::read_png(&fixture_dir(case).join("image.png")).unwrap();
-        let mut predictor = ImagePredictor::new(&model);
-        predictor
-            .set_image(&image.to_tensor(&dev).unwrap())
-            .unwrap();
-        let prompts = read_prompt_file(&fixture_dir(case).join("prompts.json")).unwrap();
+        let predictor = predictor_on_image(&model, case);
+        let prompts = prompts(case);
         let p = prompts
             .iter()
             .find(|p| p.points.len() == 1 && p.bbox.is_none())

@@ -5,22 +5,15 @@ mod common;
 
 use candle_core::DType;
 use common::*;
-use gstsam2refiner::image::RgbImage;
-use gstsam2refiner::model::{ImagePredictor, ImagePrompt};
-use gstsam2refiner::prompt::read_prompt_file;
+use gstsam2refiner::model::ImagePrompt;
 
 #[test]
 fn every_prompt_of_every_case() {
     for case in CASES {
         let expected = Expected::load(case);
         let model = model(case);
-        let dev = device();
-        let image = RgbImage::read_png(&fixture_dir(case).join("image.png")).unwrap();
-        let mut predictor = ImagePredictor::new(&model);
-        predictor
-            .set_image(&image.to_tensor(&dev).unwrap())
-            .unwrap();
-        let prompts = read_prompt_file(&fixture_dir(case).join("prompts.json")).unwrap();
+        let predictor = predictor_on_image(&model, case);
+        let prompts = prompts(case);
         assert!(
             prompts.len() >= 4,
             "{case}: click, clicks, box, box + clicks"
@@ -75,11 +68,7 @@ fn mask_prompt_with_points() {
         let expected = Expected::load(case);
         let model = model(case);
         let dev = device();
-        let image = RgbImage::read_png(&fixture_dir(case).join("image.png")).unwrap();
-        let mut predictor = ImagePredictor::new(&model);
-        predictor
-            .set_image(&image.to_tensor(&dev).unwrap())
-            .unwrap();
+        let predictor = predictor_on_image(&model, case);
         let coords = expected
             .get("mask_prompt/points")
             .squeeze(0)

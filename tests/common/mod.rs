@@ -10,7 +10,9 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor};
-use gstsam2refiner::model::{Sam2Base, Sam2Config, load_model};
+use gstsam2refiner::image::RgbImage;
+use gstsam2refiner::model::{ImagePredictor, Sam2Base, Sam2Config, load_model};
+use gstsam2refiner::prompt::{Prompt, read_prompt_file};
 
 pub const MAX_REL_L2: f64 = 1e-4;
 pub const MIN_SIGN_AGREEMENT: f64 = 0.999;
@@ -48,6 +50,25 @@ pub fn device() -> Device {
 
 pub fn model(case: &str) -> Sam2Base {
     load_model(&config(case), &weights_path(case), DType::F32, &device()).unwrap()
+}
+
+/// The case's `image.png`.
+pub fn image(case: &str) -> RgbImage {
+    RgbImage::read_png(&fixture_dir(case).join("image.png")).unwrap()
+}
+
+/// The case's `prompts.json`.
+pub fn prompts(case: &str) -> Vec<Prompt> {
+    read_prompt_file(&fixture_dir(case).join("prompts.json")).unwrap()
+}
+
+/// An image predictor with the case's `image.png` set.
+pub fn predictor_on_image<'a>(model: &'a Sam2Base, case: &str) -> ImagePredictor<'a> {
+    let mut predictor = ImagePredictor::new(model);
+    predictor
+        .set_image(&image(case).to_tensor(model.device()).unwrap())
+        .unwrap();
+    predictor
 }
 
 pub struct Expected(pub HashMap<String, Tensor>);

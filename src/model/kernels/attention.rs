@@ -7,10 +7,10 @@
 //! layer otherwise). Blocks of queries run in parallel; each GEMM runs on one thread.
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, bail};
-use gemm::{Parallelism, gemm};
 use rayon::prelude::*;
 
-use super::simd;
+use super::matmul::{MatRef, matmul};
+use super::{contiguous_f32, simd};
 
 const QUERY_BLOCK: usize = 512;
 const KEY_BLOCK: usize = 512;
@@ -18,16 +18,6 @@ const KEY_BLOCK: usize = 512;
 /// q [B, N, D], k [B, M, D], v [B, M, Dv] (contiguous f32) -> softmax(q kᵀ · scale) v [B, N, Dv].
 pub(crate) struct FusedAttention {
     pub scale: f32,
-}
-
-fn slice<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> Result<&'a [f32]> {
-    let CpuStorage::F32(data) = storage else {
-        bail!("fused attention: {what} must be f32");
-    };
-    match layout.contiguous_offsets() {
-        Some((start, end)) => Ok(&data[start..end]),
-        None => bail!("fused attention: {what} must be contiguous"),
-    }
 }
 
 impl CustomOp3 for FusedAttention {
@@ -45,9 +35,9 @@ impl CustomOp3 for FusedAttention {
         vl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (q, k, v) = (
-            slice(qs, ql, "q")?,
-            slice(ks, kl, "k")?,
-            slice(vs, vl, "v")?,
+            contiguous_f32(qs, ql, "attention q")?,
+            contiguous_f32(ks, kl, "attention k")?,
+            contiguous_f32(vs, vl, "attention v")?,
         );
         let (b, n, d) = ql.shape().dims3()?;
         let (kb, m, kd) = kl.shape().dims3()?;
@@ -106,31 +96,16 @@ fn attend_block(
     for k0 in (0..m).step_by(KEY_BLOCK) {
         let kn = KEY_BLOCK.min(m - k0);
         // scores[rows, kn] = scale · q[rows, d] · k[k0.., d]ᵀ
-        // SAFETY: the pointers and strides describe in-bounds row-major matrices of the
-        // given sizes, and `scores` does not alias the inputs.
-        unsafe {
-            gemm(
-                rows,
-                kn,
-                d,
-                scores.as_mut_ptr(),
-                1,
-                kn as isize,
-                false,
-                q.as_ptr(),
-                1,
-                d as isize,
-                k.as_ptr().add(k0 * d),
-                d as isize,
-                1,
-                0.0,
-                scale,
-                false,
-                false,
-                false,
-                Parallelism::None,
-            );
-        }
+        let keys = MatRef::rows(&k[k0 * d..(k0 + kn) * d], kn, d, d);
+        matmul(
+            &mut scores,
+            kn,
+            MatRef::rows(q, rows, d, d),
+            keys.t(),
+            scale,
+            false,
+            false,
+        );
         for r in 0..rows {
             let s = &mut scores[r * kn..(r + 1) * kn];
             let block_max = simd::max(s);
@@ -146,30 +121,16 @@ fn attend_block(
             row_max[r] = new_max;
         }
         // out[rows, dv] += scores[rows, kn] · v[k0.., dv]
-        // SAFETY: as above; `out` does not alias `scores` or `v`.
-        unsafe {
-            gemm(
-                rows,
-                dv,
-                kn,
-                out.as_mut_ptr(),
-                1,
-                dv as isize,
-                true,
-                scores.as_ptr(),
-                1,
-                kn as isize,
-                v.as_ptr().add(k0 * dv),
-                1,
-                dv as isize,
-                1.0,
-                1.0,
-                false,
-                false,
-                false,
-                Parallelism::None,
-            );
-        }
+        let values = MatRef::rows(&v[k0 * dv..(k0 + kn) * dv], kn, dv, dv);
+        matmul(
+            out,
+            dv,
+            MatRef::rows(&scores, rows, kn, kn),
+            values,
+            1.0,
+            true,
+            false,
+        );
     }
     for r in 0..rows {
         simd::scale(&mut out[r * dv..(r + 1) * dv], 1.0 / row_sum[r]);

@@ -6,6 +6,7 @@
 
 mod attention;
 mod linear;
+mod matmul;
 mod ops;
 mod simd;
 mod window_attention;
@@ -14,3 +15,16 @@ pub(crate) use attention::FusedAttention;
 pub(crate) use linear::{Epilogue, FusedLinear};
 pub(crate) use ops::{DepthwiseConv2d, GeluErf, LayerNormChannels, LayerNormLastDim};
 pub(crate) use window_attention::WindowAttention;
+
+use candle_core::{CpuStorage, Layout, Result, bail};
+
+/// The f32 slice a contiguous CPU tensor covers; `what` names it in the error.
+fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> Result<&'a [f32]> {
+    let CpuStorage::F32(data) = storage else {
+        bail!("{what}: f32 expected");
+    };
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&data[start..end]),
+        None => bail!("{what}: contiguous input expected"),
+    }
+}

@@ -3,18 +3,7 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, bail};
 use rayon::prelude::*;
 
-use super::simd;
-
-fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> Result<&'a [f32]> {
-    let data = match storage {
-        CpuStorage::F32(data) => data,
-        _ => bail!("{what}: f32 expected"),
-    };
-    match layout.contiguous_offsets() {
-        Some((start, end)) => Ok(&data[start..end]),
-        None => bail!("{what}: contiguous input expected"),
-    }
-}
+use super::{contiguous_f32, simd};
 
 /// LayerNorm over the last dimension, two-pass (mean, then centred variance) like PyTorch.
 /// candle-nn's one-pass `sum(x²)/n - mean²` loses precision on features with a large mean.

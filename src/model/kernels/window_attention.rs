@@ -7,10 +7,10 @@
 //! window-major ([B·nW, ws', ws', C]), the layout `window_unpartition` takes.
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, bail};
-use gemm::{Parallelism, gemm};
 use rayon::prelude::*;
 
-use super::simd;
+use super::matmul::{MatRef, matmul};
+use super::{contiguous_f32, simd};
 
 /// qkv [B, Hp, Wp, 3·C] (token layout [3, heads, head_dim], Hp and Wp multiples of the window)
 /// -> attention output [B·nW, ws/s, ws/s, C], q pooled by `q_stride` s (1: no pooling).
@@ -26,13 +26,7 @@ impl CustomOp1 for WindowAttention {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let CpuStorage::F32(data) = storage else {
-            bail!("window attention: f32 expected");
-        };
-        let Some((start, end)) = layout.contiguous_offsets() else {
-            bail!("window attention: contiguous input expected");
-        };
-        let qkv = &data[start..end];
+        let qkv = contiguous_f32(storage, layout, "window attention")?;
         let (b, hp, wp, c3) = layout.shape().dims4()?;
         let (ws, s, heads) = (self.window, self.q_stride.max(1), self.heads);
         if ws == 0 || hp % ws != 0 || wp % ws != 0 || c3 % (3 * heads) != 0 {
@@ -90,58 +84,32 @@ impl CustomOp1 for WindowAttention {
                             }
                         }
                     }
-                    // SAFETY (both products): in-bounds row-major matrices; no aliasing.
-                    unsafe {
-                        gemm(
-                            nq,
-                            nk,
-                            hd,
-                            scores.as_mut_ptr(),
-                            1,
-                            nk as isize,
-                            false,
-                            qb.as_ptr(),
-                            1,
-                            hd as isize,
-                            kb.as_ptr(),
-                            hd as isize,
-                            1,
-                            0.0,
-                            scale,
-                            false,
-                            false,
-                            false,
-                            Parallelism::None,
-                        );
-                    }
+                    let keys = MatRef::rows(kb, nk, hd, hd);
+                    matmul(
+                        scores,
+                        nk,
+                        MatRef::rows(qb, nq, hd, hd),
+                        keys.t(),
+                        scale,
+                        false,
+                        false,
+                    );
                     for row in scores.chunks_mut(nk) {
                         let m = simd::max(row);
                         let sum = simd::exp_shifted_sum(row, m);
                         simd::scale(row, 1.0 / sum);
                     }
-                    unsafe {
-                        gemm(
-                            nq,
-                            hd,
-                            nk,
-                            dst.as_mut_ptr().add(h * hd),
-                            1,
-                            c as isize,
-                            false,
-                            scores.as_ptr(),
-                            1,
-                            nk as isize,
-                            vb.as_ptr(),
-                            1,
-                            hd as isize,
-                            0.0,
-                            1.0,
-                            false,
-                            false,
-                            false,
-                            Parallelism::None,
-                        );
-                    }
+                    // This head's output columns of the window's rows (C apart).
+                    let values = MatRef::rows(vb, nk, hd, hd);
+                    matmul(
+                        &mut dst[h * hd..],
+                        c,
+                        MatRef::rows(scores, nq, nk, nk),
+                        values,
+                        1.0,
+                        false,
+                        false,
+                    );
                 }
             },
         );
