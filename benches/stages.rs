@@ -11,12 +11,11 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use gstsam2refiner::device::{describe, select_device};
-use gstsam2refiner::model::sam2_base::MemoryRef;
 use gstsam2refiner::model::transforms::{image_to_input, upsample_logits};
 use gstsam2refiner::model::weights::build_model;
 use gstsam2refiner::model::{
-    BuildMode, ImagePredictor, ImagePrompt, PointInputs, PointerRef, Sam2Config, TrackStepInput,
-    WeightFile,
+    BuildMode, ImagePredictor, ImagePrompt, MemoryRef, ObjectMemory, PointInputs, PointerRef,
+    Sam2Config, TrackStepInput, WeightFile,
 };
 
 struct Options {
@@ -191,8 +190,7 @@ fn main() -> anyhow::Result<()> {
         let first = model.track_step(&TrackStepInput {
             features: &features,
             is_init_cond_frame: true,
-            memories: &[],
-            pointers: &[],
+            objects: &[],
             max_pointer_distance: config.max_obj_ptrs_in_encoder - 1,
             points: Some(&point),
             mask_input: None,
@@ -201,24 +199,27 @@ fn main() -> anyhow::Result<()> {
             batch: b,
         })?;
         let (mem, pos) = first.memory.as_ref().expect("memory");
-        let memories: Vec<MemoryRef> = (0..config.num_maskmem)
-            .map(|t_pos| MemoryRef {
-                features: mem,
-                pos_enc: pos,
-                t_pos,
-            })
-            .collect();
-        let pointers: Vec<PointerRef> = (0..config.max_obj_ptrs_in_encoder)
-            .map(|d| PointerRef {
-                pointer: &first.heads.obj_ptr,
-                distance: d as i64,
-            })
-            .collect();
+        let (mem, ptr) = (mem.narrow(0, 0, 1)?, first.heads.obj_ptr.narrow(0, 0, 1)?);
+        let object = ObjectMemory {
+            memories: (0..config.num_maskmem)
+                .map(|t_pos| MemoryRef {
+                    features: &mem,
+                    pos_enc: pos,
+                    t_pos,
+                })
+                .collect(),
+            pointers: (0..config.max_obj_ptrs_in_encoder)
+                .map(|d| PointerRef {
+                    pointer: &ptr,
+                    distance: d as i64,
+                })
+                .collect(),
+        };
+        let objects = vec![object; b];
         let step = TrackStepInput {
             features: &features,
             is_init_cond_frame: false,
-            memories: &memories,
-            pointers: &pointers,
+            objects: &objects,
             max_pointer_distance: config.max_obj_ptrs_in_encoder - 1,
             points: None,
             mask_input: None,
@@ -226,7 +227,8 @@ fn main() -> anyhow::Result<()> {
             run_mem_encoder: true,
             batch: b,
         };
-        let keys = memories.len() * e * e + pointers.len() * config.hidden_dim() / config.mem_dim();
+        let keys = objects[0].memories.len() * e * e
+            + objects[0].pointers.len() * config.hidden_dim() / config.mem_dim();
         println!("tracking, {b} object(s), full memory bank ({keys} memory tokens per object):");
         let conditioned = time("  memory attention", o.reps, &device, || {
             model.prepare_memory_conditioned_features(&step).unwrap()

@@ -23,6 +23,6 @@ pub use config::{BuildMode, Sam2Config};
 pub use image_predictor::{ImagePrediction, ImagePredictor, ImagePrompt};
 pub use sam::prompt_encoder::PointInputs;
 pub use sam2_base::{
-    FrameFeatures, MemoryRef, PointerRef, Sam2Base, TrackStepInput, TrackStepOutput,
+    FrameFeatures, MemoryRef, ObjectMemory, PointerRef, Sam2Base, TrackStepInput, TrackStepOutput,
 };
 pub use weights::{WeightFile, load_model};

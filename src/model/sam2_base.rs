@@ -70,26 +70,35 @@ pub struct SamHeadsOutput {
     pub object_score_logits: Tensor,
 }
 
-/// A spatial memory handed to a tracking step.
+/// A spatial memory of one object handed to a tracking step.
 #[derive(Debug, Clone, Copy)]
 pub struct MemoryRef<'a> {
-    /// `maskmem_features`, [B, Cm, h, w].
+    /// `maskmem_features`, [1, Cm, h, w], in any float dtype (the official predictor stores
+    /// them in bf16; they are read back in the model's dtype).
     pub features: &'a Tensor,
-    /// `maskmem_pos_enc`, [1 or B, Cm, h, w].
+    /// `maskmem_pos_enc`, [1, Cm, h, w].
     pub pos_enc: &'a Tensor,
     /// The official `t_pos`: 0 for conditioning frames, `num_maskmem - k` for the frame `k`
     /// frames back (so 1..num_maskmem-1). It picks the row of `maskmem_tpos_enc`.
     pub t_pos: usize,
 }
 
-/// An object pointer handed to a tracking step.
+/// An object pointer of one object handed to a tracking step.
 #[derive(Debug, Clone, Copy)]
 pub struct PointerRef<'a> {
-    /// `obj_ptr`, [B, C].
+    /// `obj_ptr`, [1, C].
     pub pointer: &'a Tensor,
     /// Frame distance to the current frame (signed `current - t` when the config says
     /// `use_signed_tpos_enc_to_obj_ptrs`, else its absolute value).
     pub distance: i64,
+}
+
+/// What one object's tracking step reads from its memory bank, in the official order
+/// (conditioning frames first, for memories and for pointers).
+#[derive(Debug, Clone, Default)]
+pub struct ObjectMemory<'a> {
+    pub memories: Vec<MemoryRef<'a>>,
+    pub pointers: Vec<PointerRef<'a>>,
 }
 
 /// The inputs of one tracking step for a batch of B objects on one frame.
@@ -98,10 +107,10 @@ pub struct TrackStepInput<'a> {
     pub features: &'a FrameFeatures,
     /// A frame with a first prompt: no memory is read.
     pub is_init_cond_frame: bool,
-    /// Memories in the official concatenation order (conditioning frames first).
-    pub memories: &'a [MemoryRef<'a>],
-    /// Object pointers in the official order (conditioning frames first).
-    pub pointers: &'a [PointerRef<'a>],
+    /// Each object's memories and pointers (one entry per object of the batch; ignored on an
+    /// initial conditioning frame). Objects batched together must have as many memories and
+    /// pointers as each other; their slots and distances may differ.
+    pub objects: &'a [ObjectMemory<'a>],
     /// The pointer distance that maps to 1 in the temporal encoding (`max_obj_ptrs - 1`).
     pub max_pointer_distance: usize,
     pub points: Option<&'a PointInputs>,
@@ -504,48 +513,83 @@ impl Sam2Base {
 
     /// The memory tokens and their positions, [B, T, Cm], and the number of pointer tokens.
     fn assemble_memory(&self, input: &TrackStepInput) -> Result<(Tensor, Tensor, usize)> {
-        let b = input.batch;
+        if input.objects.len() != input.batch {
+            bail!(
+                "{} objects' memories for a batch of {}",
+                input.objects.len(),
+                input.batch
+            );
+        }
+        let mut tokens = Vec::with_capacity(input.batch);
+        let mut positions = Vec::with_capacity(input.batch);
+        let mut num_ptr_tokens = None;
+        for object in input.objects {
+            let (t, p, n) = self.assemble_object_memory(object, input.max_pointer_distance)?;
+            if num_ptr_tokens.is_some_and(|prev| prev != n)
+                || tokens
+                    .first()
+                    .is_some_and(|f: &Tensor| f.dims() != t.dims())
+            {
+                bail!("objects batched in one step must have memory banks of the same size");
+            }
+            num_ptr_tokens = Some(n);
+            tokens.push(t);
+            positions.push(p);
+        }
+        Ok((
+            Tensor::stack(&tokens, 0)?,
+            Tensor::stack(&positions, 0)?,
+            num_ptr_tokens.unwrap_or(0),
+        ))
+    }
+
+    /// One object's memory tokens and positions, [T, Cm], and its number of pointer tokens.
+    fn assemble_object_memory(
+        &self,
+        object: &ObjectMemory,
+        max_pointer_distance: usize,
+    ) -> Result<(Tensor, Tensor, usize)> {
         let c = self.config.hidden_dim();
         let m = self.config.mem_dim();
         let num_maskmem = self.config.num_maskmem;
         let tpos_table = self.maskmem_tpos_enc.as_ref().expect("num_maskmem > 0");
+        // [1, Cm, h, w] -> [h·w, Cm]
+        let to_tokens = |t: &Tensor| -> Result<Tensor> {
+            t.to_dtype(self.dtype)?.flatten_from(2)?.squeeze(0)?.t()
+        };
         let mut tokens = Vec::new();
         let mut positions = Vec::new();
-        for mem in input.memories {
+        for mem in &object.memories {
             if mem.t_pos >= num_maskmem {
                 bail!(
                     "memory t_pos {} out of range (num_maskmem {num_maskmem})",
                     mem.t_pos
                 );
             }
-            let feats = mem.features.flatten_from(2)?.transpose(1, 2)?; // [B, hw, Cm]
-            let tpos = tpos_table
-                .i(num_maskmem - mem.t_pos - 1)?
-                .reshape((1, 1, m))?;
-            let pos = mem
-                .pos_enc
-                .flatten_from(2)?
-                .transpose(1, 2)?
-                .broadcast_add(&tpos)?;
-            tokens.push(feats.broadcast_as((b, feats.dim(1)?, m))?.contiguous()?);
-            positions.push(pos.broadcast_as((b, pos.dim(1)?, m))?.contiguous()?);
+            let tpos = tpos_table.i(num_maskmem - mem.t_pos - 1)?.reshape((1, m))?;
+            tokens.push(to_tokens(mem.features)?);
+            positions.push(to_tokens(mem.pos_enc)?.broadcast_add(&tpos)?);
         }
         let mut num_obj_ptr_tokens = 0;
-        if !input.pointers.is_empty() {
+        if !object.pointers.is_empty() {
             if !self.config.use_obj_ptrs_in_encoder {
                 bail!("this model does not use object pointers");
             }
-            let num = input.pointers.len();
-            let ptrs = Tensor::stack(
-                &input.pointers.iter().map(|p| p.pointer).collect::<Vec<_>>(),
-                1,
-            )?; // [B, P, C]
+            let num = object.pointers.len();
+            let ptrs = Tensor::cat(
+                &object
+                    .pointers
+                    .iter()
+                    .map(|p| p.pointer)
+                    .collect::<Vec<_>>(),
+                0,
+            )?; // [P, C]
             let obj_pos = if self.config.add_tpos_enc_to_obj_ptrs {
-                if input.max_pointer_distance == 0 {
+                if max_pointer_distance == 0 {
                     bail!("max_pointer_distance must be at least 1");
                 }
-                let t_max = input.max_pointer_distance as f32;
-                let rel: Vec<f32> = input
+                let t_max = max_pointer_distance as f32;
+                let rel: Vec<f32> = object
                     .pointers
                     .iter()
                     .map(|p| p.distance as f32 / t_max)
@@ -564,25 +608,15 @@ impl Sam2Base {
                 Tensor::zeros((num, m), self.dtype, &self.device)?
             };
             // A C-wide pointer becomes C/Cm tokens of width Cm, each with the pointer's position.
-            let (ptr_tokens, ptr_pos) = if m < c {
-                let split = c / m;
-                let t = ptrs.reshape((b, num * split, m))?;
-                let p = obj_pos
-                    .unsqueeze(1)?
-                    .broadcast_as((num, split, m))?
-                    .reshape((num * split, m))?;
-                (t, p)
-            } else {
-                (ptrs, obj_pos)
-            };
-            num_obj_ptr_tokens = ptr_tokens.dim(1)?;
-            tokens.push(ptr_tokens.contiguous()?);
-            positions.push(
-                ptr_pos
-                    .unsqueeze(0)?
-                    .broadcast_as((b, num_obj_ptr_tokens, m))?
-                    .contiguous()?,
-            );
+            let split = if m < c { c / m } else { 1 };
+            let ptr_tokens = ptrs.to_dtype(self.dtype)?.reshape((num * split, m))?;
+            let ptr_pos = obj_pos
+                .unsqueeze(1)?
+                .broadcast_as((num, split, m))?
+                .reshape((num * split, m))?;
+            num_obj_ptr_tokens = num * split;
+            tokens.push(ptr_tokens);
+            positions.push(ptr_pos);
         }
         if tokens.is_empty() {
             bail!(
@@ -590,8 +624,8 @@ impl Sam2Base {
             );
         }
         Ok((
-            Tensor::cat(&tokens, 1)?,
-            Tensor::cat(&positions, 1)?,
+            Tensor::cat(&tokens, 0)?,
+            Tensor::cat(&positions, 0)?,
             num_obj_ptr_tokens,
         ))
     }

@@ -8,7 +8,8 @@ use std::collections::HashMap;
 use super::*;
 use candle_core::{Device, Tensor};
 use gstsam2refiner::model::{
-    FrameFeatures, MemoryRef, PointInputs, PointerRef, Sam2Base, TrackStepInput, TrackStepOutput,
+    FrameFeatures, MemoryRef, ObjectMemory, PointInputs, PointerRef, Sam2Base, TrackStepInput,
+    TrackStepOutput,
 };
 use serde::Deserialize;
 
@@ -151,11 +152,11 @@ pub fn replay(
                 .low_res_masks
                 .clone()
         });
+        let objects = [ObjectMemory { memories, pointers }];
         let input = TrackStepInput {
             features: &features[step.frame],
             is_init_cond_frame: step.is_init_cond_frame,
-            memories: &memories,
-            pointers: &pointers,
+            objects: &objects,
             max_pointer_distance: step.t_diff_max,
             points: points.as_ref(),
             mask_input: mask_input.as_ref(),
