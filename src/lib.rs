@@ -10,6 +10,7 @@ mod error;
 pub mod image;
 pub mod model;
 pub mod prompt;
+pub mod tracker;
 
 pub use error::{Error, Result};
 

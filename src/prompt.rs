@@ -14,10 +14,11 @@ use serde::Deserialize;
 
 use crate::error::{Error, Result};
 
-/// One prompt: clicks and/or a box for one object on one frame.
+/// One prompt: clicks and/or a box, or a mask, for one object on one frame.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Prompt {
+    /// The frame, as the caller identifies frames (an index, or a timestamp).
     pub frame: u64,
     pub object: u32,
     #[serde(default)]
@@ -26,6 +27,18 @@ pub struct Prompt {
     pub labels: Vec<i32>,
     #[serde(default, rename = "box")]
     pub bbox: Option<[f32; 4]>,
+    /// A mask prompt, at the frame's size (not in the JSON schema: from the library, or an
+    /// element event's mask buffer).
+    #[serde(skip)]
+    pub mask: Option<PromptMask>,
+}
+
+/// A binary mask prompt: `width`×`height` bytes, non-zero where the object is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PromptMask {
+    pub width: usize,
+    pub height: usize,
+    pub data: Vec<u8>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -35,9 +48,22 @@ struct PromptFile {
 }
 
 impl Prompt {
-    /// Checks the prompt against a frame of `width`×`height` pixels. `what` names the prompt in
-    /// the error ("prompt 3 (object 2, frame 0)").
+    /// Checks the prompt against a frame of `width`×`height` pixels.
     pub fn validate(&self, width: usize, height: usize) -> std::result::Result<(), String> {
+        if let Some(mask) = &self.mask {
+            if !self.points.is_empty() || self.bbox.is_some() {
+                return Err("a prompt is clicks and/or a box, or a mask, not both".into());
+            }
+            if (mask.width, mask.height) != (width, height) || mask.data.len() != width * height {
+                return Err(format!(
+                    "the mask is {}x{} ({} bytes) but the frame is {width}x{height}",
+                    mask.width,
+                    mask.height,
+                    mask.data.len()
+                ));
+            }
+            return Ok(());
+        }
         if self.points.len() != self.labels.len() {
             return Err(format!(
                 "{} points but {} labels",
@@ -157,6 +183,7 @@ mod tests {
             points: vec![[5.0, 5.0]],
             labels: vec![1],
             bbox: None,
+            mask: None,
         };
         assert!(ok.validate(10, 10).is_ok());
         let outside = Prompt {
@@ -194,5 +221,24 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("prompt 1 (object 1, frame 0)"), "{e}");
+        let mask = PromptMask {
+            width: 10,
+            height: 10,
+            data: vec![1; 100],
+        };
+        let mask_only = Prompt {
+            points: vec![],
+            labels: vec![],
+            bbox: None,
+            mask: Some(mask.clone()),
+            ..edge_box.clone()
+        };
+        assert!(mask_only.validate(10, 10).is_ok());
+        assert!(mask_only.validate(12, 10).unwrap_err().contains("12x10"));
+        let both = Prompt {
+            mask: Some(mask),
+            ..edge_box
+        };
+        assert!(both.validate(10, 10).unwrap_err().contains("not both"));
     }
 }

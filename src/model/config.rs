@@ -147,16 +147,19 @@ pub struct Sam2Config {
     #[serde(default)]
     pub compile_image_encoder: bool,
     // `SAM2VideoPredictor` arguments (the video predictor's config is `SAM2Base`'s plus these).
+    // They are `None` when the YAML does not set them, so the tracker's own defaults apply.
     /// Fill holes of up to this many pixels in the low-res masks of tracked frames (0: off).
     #[serde(default)]
-    pub fill_hole_area: usize,
+    pub fill_hole_area: Option<usize>,
     /// Keep only the highest-scoring object at each pixel of the output masks.
     #[serde(default)]
-    pub non_overlap_masks: bool,
+    pub non_overlap_masks: Option<bool>,
+    /// Forget the plain-tracking memories around a prompted frame.
     #[serde(default)]
-    pub clear_non_cond_mem_around_input: bool,
+    pub clear_non_cond_mem_around_input: Option<bool>,
+    /// Make every corrected frame a conditioning frame.
     #[serde(default)]
-    pub add_all_frames_to_correct_as_cond: bool,
+    pub add_all_frames_to_correct_as_cond: Option<bool>,
 }
 
 /// The mask decoder arguments `build_sam2` passes through `sam_mask_decoder_extra_args`.
@@ -449,7 +452,7 @@ impl Sam2Config {
         });
         if mode == BuildMode::Video {
             self.binarize_mask_from_pts_for_mem_enc = true;
-            self.fill_hole_area = 8;
+            self.fill_hole_area = Some(8);
         }
     }
 
@@ -1418,6 +1421,6 @@ mod tests {
         config.apply_build_overrides(BuildMode::Video);
         assert!(config.mask_decoder_extra().dynamic_multimask_via_stability);
         assert!(config.binarize_mask_from_pts_for_mem_enc);
-        assert_eq!(config.fill_hole_area, 8);
+        assert_eq!(config.fill_hole_area, Some(8));
     }
 }

@@ -2,12 +2,14 @@
 //!
 //! ```text
 //! sam2refiner image   --config CONFIG --weights WEIGHTS --image IMAGE.png --prompts PROMPTS.json --out OUT.safetensors
+//! sam2refiner video   --config CONFIG --weights WEIGHTS --frames DIR --prompts PROMPTS.json --out OUT.safetensors
 //! sam2refiner convert --weights IN.pt --out OUT.safetensors [--dtype f16] [--config CONFIG]
 //! ```
 //! CONFIG is an official Hydra YAML or a preset name (`sam2.1_hiera_t`, ...); WEIGHTS an
 //! official `.pt` checkpoint or a `.safetensors` file with the same keys. Errors are one line.
 
 mod image_cmd;
+mod video_cmd;
 
 use std::path::PathBuf;
 
@@ -31,6 +33,8 @@ struct Cli {
 enum Command {
     /// Segment objects of one image from clicks and boxes (the prompts of frame 0).
     Image(image_cmd::ImageArgs),
+    /// Track objects through a folder of PNG frames from clicks and boxes on any frames.
+    Video(video_cmd::VideoArgs),
     /// Rewrite a checkpoint as safetensors (same keys), optionally in half precision.
     Convert(ConvertArgs),
 }
@@ -86,6 +90,7 @@ fn main() {
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::Image(args) => image_cmd::run(args),
+        Command::Video(args) => video_cmd::run(args),
         Command::Convert(args) => convert(args),
     };
     if let Err(e) = result {

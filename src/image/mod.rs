@@ -1,4 +1,8 @@
-//! 8-bit RGB images: PNG files in and out, and the tensor views the model takes.
+//! 8-bit RGB images: PNG files in and out, PIL's resize, and the tensor views the model takes.
+
+mod pil_resize;
+
+pub use pil_resize::resize_bicubic;
 
 use std::fs::File;
 use std::io::BufWriter;

@@ -1,0 +1,103 @@
+//! `sam2refiner video`: the streaming tracker over a folder of PNG frames, with the official
+//! video predictor's semantics read causally (see `gstsam2refiner::tracker`).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use candle_core::DType;
+use gstsam2refiner::device::{check_dtype, select_device};
+use gstsam2refiner::image::RgbImage;
+use gstsam2refiner::model::{BuildMode, Sam2Config, load_model};
+use gstsam2refiner::prompt::{read_prompt_file, validate_all};
+use gstsam2refiner::tracker::{Tracker, TrackerOptions};
+
+#[derive(clap::Args)]
+pub struct VideoArgs {
+    /// Official Hydra YAML, or a preset name (sam2.1_hiera_t, sam2.1_hiera_s, ...).
+    #[arg(long)]
+    config: String,
+    /// Official `.pt` checkpoint or `.safetensors` with the same keys.
+    #[arg(long)]
+    weights: PathBuf,
+    /// A folder of PNG frames, read in name order as frames 0..N-1 (all of one size).
+    #[arg(long)]
+    frames: PathBuf,
+    /// Prompt file: {"prompts": [{"frame", "object", "points", "labels", "box"}]}, pixels.
+    #[arg(long)]
+    prompts: PathBuf,
+    /// Output safetensors: `frame{T}/obj{ID}`, f32 [H, W] mask logits at the frames' size, for
+    /// every frame from the object's first prompt on.
+    #[arg(long)]
+    out: PathBuf,
+    /// auto, cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// Compute precision: f32 (the parity reference), f16 or bf16.
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+}
+
+fn list_frames(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut frames: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e.eq_ignore_ascii_case("png")))
+        .collect();
+    frames.sort();
+    if frames.is_empty() {
+        bail!("{}: no .png frames", dir.display());
+    }
+    Ok(frames)
+}
+
+pub fn run(args: &VideoArgs) -> Result<()> {
+    let device = select_device(&args.device)?;
+    let dtype: DType = crate::parse_dtype(&args.dtype)?;
+    check_dtype(&device, dtype)?;
+    let mut config = Sam2Config::load(&args.config)?;
+    config.apply_build_overrides(BuildMode::Video);
+    let frames = list_frames(&args.frames)?;
+    let first = RgbImage::read_png(&frames[0])?;
+    let prompts = read_prompt_file(&args.prompts)?;
+    validate_all(&prompts, first.width, first.height)
+        .with_context(|| args.prompts.display().to_string())?;
+    if let Some((i, p)) = prompts
+        .iter()
+        .enumerate()
+        .find(|(_, p)| p.frame as usize >= frames.len())
+    {
+        bail!(
+            "{}: prompt {i} (object {}, frame {}): there are only {} frames (0..{})",
+            args.prompts.display(),
+            p.object,
+            p.frame,
+            frames.len(),
+            frames.len() - 1
+        );
+    }
+    let model = load_model(&config, &args.weights, dtype, &device)?;
+    let mut tracker = Tracker::new(model, TrackerOptions::for_config(&config));
+    let mut out = HashMap::new();
+    for (t, path) in frames.iter().enumerate() {
+        let image = RgbImage::read_png(path)?;
+        tracker
+            .push_frame(t as u64, &image)
+            .with_context(|| path.display().to_string())?;
+        // Prompts on this frame, in file order: a first prompt, or a correction of the frame
+        // just tracked.
+        for p in prompts.iter().filter(|p| p.frame == t as u64) {
+            tracker.add_prompt(p)?;
+        }
+        let output = tracker.output(t as u64)?;
+        for (object, logits) in tracker.frame_logits(&output)? {
+            out.insert(
+                format!("frame{t}/obj{object}"),
+                logits.to_device(&candle_core::Device::Cpu)?,
+            );
+        }
+    }
+    candle_core::safetensors::save(&out, &args.out)
+        .map_err(|e| anyhow::anyhow!("writing {}: {e}", args.out.display()))?;
+    Ok(())
+}

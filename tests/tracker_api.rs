@@ -1,0 +1,172 @@
+//! The streaming tracker's contract beyond parity: prompts at any time, bounded memory, and bad
+//! input that gets a clear error and loses nothing.
+
+mod common;
+
+use common::*;
+use gstsam2refiner::Error;
+use gstsam2refiner::image::RgbImage;
+use gstsam2refiner::prompt::{Prompt, PromptMask};
+use gstsam2refiner::tracker::{PromptOutcome, Tracker, TrackerOptions};
+
+fn tracker(case: &str) -> Tracker {
+    let mut config = config(case);
+    config.apply_build_overrides(gstsam2refiner::model::BuildMode::Video);
+    let mut options = TrackerOptions::for_config(&config);
+    options.feature_history = 2;
+    Tracker::new(model(case), options)
+}
+
+/// Frame t of the case's clip, cycled.
+fn clip_frame(case: &str, t: usize) -> RgbImage {
+    RgbImage::read_png(&fixture_dir(case).join(format!("frames/{:04}.png", t % 10))).unwrap()
+}
+
+fn click(frame: u64, object: u32, x: f32, y: f32) -> Prompt {
+    Prompt {
+        frame,
+        object,
+        points: vec![[x, y]],
+        labels: vec![1],
+        bbox: None,
+        mask: None,
+    }
+}
+
+#[test]
+fn prompts_for_future_past_and_held_frames() {
+    let mut t = tracker("t256");
+    // A prompt before any frame waits for its frame.
+    assert!(matches!(
+        t.add_prompt(&click(2, 1, 100.0, 100.0)).unwrap(),
+        PromptOutcome::Queued
+    ));
+    for f in 0..2 {
+        assert!(
+            t.push_frame(f, &clip_frame("t256", f as usize))
+                .unwrap()
+                .objects
+                .is_empty()
+        );
+    }
+    let out = t.push_frame(2, &clip_frame("t256", 2)).unwrap();
+    assert_eq!(out.objects.len(), 1, "the queued prompt applied on frame 2");
+    assert!(out.objects[0].conditioning);
+    // A prompt for the frame just shown (still held) applies to it: a correction.
+    t.push_frame(3, &clip_frame("t256", 3)).unwrap();
+    match t.add_prompt(&click(2, 1, 120.0, 90.0)).unwrap() {
+        PromptOutcome::Applied(o) => assert!(o.conditioning),
+        other => panic!("{other:?}"),
+    }
+    // Frame 0 is gone from a history of 2 frames: a new object's prompt goes to the next frame.
+    assert!(matches!(
+        t.add_prompt(&click(0, 2, 50.0, 50.0)).unwrap(),
+        PromptOutcome::Deferred
+    ));
+    let out = t.push_frame(4, &clip_frame("t256", 4)).unwrap();
+    let ids: Vec<u32> = out.objects.iter().map(|o| o.object).collect();
+    assert_eq!(ids, vec![1, 2]);
+    assert!(out.objects[1].conditioning, "object 2 starts on frame 4");
+    // Every output has the frame's logits at its own size.
+    for (_, logits) in t.frame_logits(&out).unwrap() {
+        assert_eq!(logits.dims(), &[256, 256]);
+    }
+}
+
+#[test]
+fn memory_is_bounded_over_a_long_stream() {
+    let mut t = tracker("t256");
+    let mut held = Vec::new();
+    for f in 0..120u64 {
+        t.push_frame(f, &clip_frame("t256", f as usize)).unwrap();
+        if f == 0 {
+            t.add_prompt(&click(0, 1, 100.0, 100.0)).unwrap();
+            t.add_prompt(&Prompt {
+                bbox: Some([20.0, 30.0, 120.0, 160.0]),
+                points: vec![],
+                labels: vec![],
+                ..click(0, 2, 0.0, 0.0)
+            })
+            .unwrap();
+        }
+        held.push(t.held_bytes());
+    }
+    // Once the memory window is full (num_maskmem, then max_obj_ptrs frames), nothing grows.
+    assert!(held[20] > held[1], "the bank fills first");
+    assert_eq!(held[20], held[119], "memory held after 20 and 120 frames");
+}
+
+#[test]
+fn bad_input_is_refused_and_nothing_is_lost() {
+    let mut t = tracker("t256");
+    t.push_frame(0, &clip_frame("t256", 0)).unwrap();
+    t.add_prompt(&click(0, 1, 100.0, 100.0)).unwrap();
+    t.push_frame(1, &clip_frame("t256", 1)).unwrap();
+
+    fn err<T>(r: gstsam2refiner::Result<T>) -> String {
+        r.map(|_| ()).unwrap_err().to_string()
+    }
+    // Frames of another size: an error that says so (reset() starts a new stream).
+    let small = RgbImage {
+        width: 64,
+        height: 48,
+        pixels: vec![0; 64 * 48 * 3],
+    };
+    let e = err(t.push_frame(2, &small));
+    assert!(
+        e.contains("64x48") && e.contains("256x256") && e.contains("reset"),
+        "{e}"
+    );
+    // Frame ids must increase.
+    let e = err(t.push_frame(1, &clip_frame("t256", 1)));
+    assert!(e.contains("increase"), "{e}");
+    // A mask of the wrong size, a point outside, clicks without labels.
+    let mask = PromptMask {
+        width: 10,
+        height: 10,
+        data: vec![1; 100],
+    };
+    let bad_mask = Prompt {
+        points: vec![],
+        labels: vec![],
+        mask: Some(mask),
+        ..click(1, 3, 0.0, 0.0)
+    };
+    let e = err(t.add_prompt(&bad_mask));
+    assert!(e.contains("10x10") && e.contains("256x256"), "{e}");
+    assert!(err(t.add_prompt(&click(1, 3, 300.0, 10.0))).contains("outside"));
+    // Removing or clearing an object that does not exist.
+    assert!(matches!(t.remove_object(7), Err(Error::Prompt(_))));
+    assert!(t.clear_prompts(7).unwrap_err().to_string().contains("7"));
+    // None of that disturbed the stream: object 1 is tracked on, object 3 was never created.
+    let out = t.push_frame(2, &clip_frame("t256", 2)).unwrap();
+    assert_eq!(
+        out.objects.iter().map(|o| o.object).collect::<Vec<_>>(),
+        vec![1]
+    );
+    // A mask prompt of the right size works, and a removed object is gone.
+    let mask = PromptMask {
+        width: 256,
+        height: 256,
+        data: (0..256 * 256).map(|i| u8::from((i % 256) < 128)).collect(),
+    };
+    let good_mask = Prompt {
+        points: vec![],
+        labels: vec![],
+        mask: Some(mask),
+        ..click(2, 3, 0.0, 0.0)
+    };
+    assert!(matches!(
+        t.add_prompt(&good_mask).unwrap(),
+        PromptOutcome::Applied(_)
+    ));
+    t.remove_object(1).unwrap();
+    let out = t.push_frame(3, &clip_frame("t256", 3)).unwrap();
+    assert_eq!(
+        out.objects.iter().map(|o| o.object).collect::<Vec<_>>(),
+        vec![3]
+    );
+    // reset() accepts a new size and restarts the frame ids.
+    t.reset();
+    t.push_frame(0, &small).unwrap();
+}
