@@ -394,7 +394,8 @@ pub enum BuildMode {
     /// `build_sam2(apply_postprocessing=True)`: dynamic multimask via stability.
     Image,
     /// `build_sam2_video_predictor(apply_postprocessing=True)`: the above, plus masks from clicks
-    /// binarised for the memory encoder and holes of up to 8 pixels filled.
+    /// binarised for the memory encoder and holes of up to 8 pixels filled (unless the YAML sets
+    /// `fill_hole_area` itself).
     Video,
 }
 
@@ -452,7 +453,9 @@ impl Sam2Config {
         });
         if mode == BuildMode::Video {
             self.binarize_mask_from_pts_for_mem_enc = true;
-            self.fill_hole_area = Some(8);
+            // Unlike the builder's `++` override, a hole-filling area the YAML sets wins: the
+            // official CPU build cannot fill holes at all, and a config may want it off.
+            self.fill_hole_area.get_or_insert(8);
         }
     }
 

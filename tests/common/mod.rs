@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod track;
+pub mod video;
 
 use std::collections::HashMap;
 use std::path::PathBuf;

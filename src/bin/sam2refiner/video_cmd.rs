@@ -36,6 +36,9 @@ pub struct VideoArgs {
     /// Compute precision: f32 (the parity reference), f16 or bf16.
     #[arg(long, default_value = "f32")]
     dtype: String,
+    /// How memories are stored: bf16 (as the official predictor: half the memory) or f32.
+    #[arg(long, default_value = "bf16")]
+    memory_dtype: String,
 }
 
 fn list_frames(dir: &Path) -> Result<Vec<PathBuf>> {
@@ -77,7 +80,9 @@ pub fn run(args: &VideoArgs) -> Result<()> {
         );
     }
     let model = load_model(&config, &args.weights, dtype, &device)?;
-    let mut tracker = Tracker::new(model, TrackerOptions::for_config(&config));
+    let mut options = TrackerOptions::for_config(&config);
+    options.memory_dtype = crate::parse_dtype(&args.memory_dtype)?;
+    let mut tracker = Tracker::new(model, options);
     let mut out = HashMap::new();
     for (t, path) in frames.iter().enumerate() {
         let image = RgbImage::read_png(path)?;
