@@ -1,12 +1,13 @@
 //! Memory over a long stream: the resident set after 100, 1,000 and 10,000 frames must be the same.
 //!
 //! ```text
-//! cargo bench --bench memory -- [--config sam2.1_hiera_t] [--size 128] [--frames 10000] [--objects 2]
+//! cargo bench --bench memory -- [--config sam2.1_hiera_t] [--size 64] [--frames 10000] [--objects 2]
+//!                                [--correct-every 0]
 //! ```
 //! Random weights of an official config at a small input size (so 10,000 frames take minutes),
-//! a synthetic clip of moving discs, one click per object on frame 0 and a correction every 250
-//! frames (so the conditioning memories reach their cap). Prints the process's resident set and
-//! what the tracker holds, at each checkpoint, and frames per second.
+//! a synthetic clip of moving discs, one click per object on frame 0, and with `--correct-every N`
+//! a correction every N frames (so the conditioning memories also grow, up to their cap). Prints
+//! the process's resident set and what the tracker holds at each checkpoint, and frames per second.
 
 use std::time::Instant;
 
@@ -71,8 +72,9 @@ fn main() -> anyhow::Result<()> {
     };
     let (preset, size) = (
         arg("--config", "sam2.1_hiera_t"),
-        arg("--size", "128").parse::<usize>()?,
+        arg("--size", "64").parse::<usize>()?,
     );
+    let correct_every = arg("--correct-every", "0").parse::<usize>()?;
     let (frames, objects) = (
         arg("--frames", "10000").parse::<usize>()?,
         arg("--objects", "2").parse::<usize>()?,
@@ -90,16 +92,20 @@ fn main() -> anyhow::Result<()> {
     options.frame_resize = FrameResize::Bilinear;
     let max_cond = options.max_conditioning_memories;
     let mut tracker = Tracker::new(model, options);
+    let corrections = match correct_every {
+        0 => "no corrections".to_owned(),
+        n => format!("a correction every {n} frames"),
+    };
     println!(
         "sam2refiner memory: {preset} at {size}x{size}, random weights, {objects} objects, 160x120 frames, \
-         a correction every 250 frames, conditioning memories capped at {max_cond}"
+         a click on frame 0, {corrections}, conditioning memories capped at {max_cond}"
     );
     let start = Instant::now();
     let mut last = (Instant::now(), 0usize);
     for t in 0..frames {
         let (image, centres) = frame(t, objects);
         tracker.push_frame(t as u64, &image)?;
-        if t % 250 == 0 {
+        if t == 0 || (correct_every > 0 && t % correct_every == 0) {
             for (o, c) in centres.iter().enumerate() {
                 tracker.add_prompt(&Prompt {
                     frame: t as u64,

@@ -170,3 +170,58 @@ fn bad_input_is_refused_and_nothing_is_lost() {
     t.reset();
     t.push_frame(0, &small).unwrap();
 }
+
+#[test]
+fn post_processing_options() {
+    // Hole filling: with it on, no background region of 8 low-res pixels or fewer is left.
+    let run = |adjust: &dyn Fn(&mut TrackerOptions)| {
+        let mut config = config("t256");
+        config.apply_build_overrides(gstsam2refiner::model::BuildMode::Video);
+        let mut options = TrackerOptions::for_config(&config);
+        adjust(&mut options);
+        let mut t = Tracker::new(model("t256"), options);
+        let mut outs = Vec::new();
+        for f in 0..4u64 {
+            t.push_frame(f, &clip_frame("t256", f as usize)).unwrap();
+            if f == 0 {
+                t.add_prompt(&click(0, 1, 100.0, 100.0)).unwrap();
+                t.add_prompt(&click(0, 2, 60.0, 180.0)).unwrap();
+            }
+            let out = t.output(f).unwrap();
+            outs.push((out.clone(), t.frame_logits(&out).unwrap()));
+        }
+        outs
+    };
+    let filled = run(&|o| o.fill_hole_area = 8);
+    let unfilled = run(&|o| o.fill_hole_area = 0);
+    let mut changed = 0;
+    for ((f, _), (u, _)) in filled.iter().zip(&unfilled) {
+        for (a, b) in f.objects.iter().zip(&u.objects) {
+            let (h, w) = a.low_res.dims2().unwrap();
+            let mut v: Vec<f32> = a.low_res.flatten_all().unwrap().to_vec1().unwrap();
+            let before = v.clone();
+            gstsam2refiner::model::fill_holes::fill_holes(&mut v, (h, w), 8);
+            assert_eq!(v, before, "a small hole was left");
+            changed += usize::from(rel_l2(&a.low_res, &b.low_res) > 0.0);
+        }
+    }
+    assert!(
+        changed > 0,
+        "hole filling never fired: the check above proves nothing"
+    );
+    // Non-overlap: at each pixel at most one object keeps a positive logit (and without it, the
+    // two objects do overlap somewhere, so the check can fail).
+    let overlap = |logits: &[(u32, candle_core::Tensor)]| {
+        let planes: Vec<Vec<f32>> = logits
+            .iter()
+            .map(|(_, l)| l.flatten_all().unwrap().to_vec1().unwrap())
+            .collect();
+        (0..planes[0].len())
+            .filter(|&px| planes.iter().filter(|p| p[px] > 0.0).count() > 1)
+            .count()
+    };
+    assert!(unfilled.iter().map(|(_, l)| overlap(l)).sum::<usize>() > 0);
+    for (_, logits) in run(&|o| o.non_overlap_masks = true) {
+        assert_eq!(overlap(&logits), 0);
+    }
+}
