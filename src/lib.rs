@@ -6,6 +6,7 @@
 //! - [`image`]: reading and writing the images the command-line tool uses.
 
 pub mod device;
+pub mod element;
 mod error;
 pub mod image;
 pub mod model;
@@ -16,9 +17,8 @@ pub use error::{Error, Result};
 
 use gst::glib;
 
-fn plugin_init(_plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
-    // The `sam2refiner` element registers here once it exists (see the issue tracker).
-    Ok(())
+fn plugin_init(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
+    element::register(plugin)
 }
 
 gst::plugin_define!(

@@ -1,0 +1,575 @@
+//! The worker thread: it owns the tracker (the model and its device), takes frames, prompts and
+//! serialized events in order from the streaming thread, and hands rendered buffers and events,
+//! in the same order, to the source pad's task.
+//!
+//! Every input buffer comes out exactly once, in order, with its own frame's masks: buffers and
+//! events travel one queue, and the output of a frame is rendered from that frame's result.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use candle_core::{DType, Tensor};
+use crossbeam_channel::{Receiver, Sender};
+use gst::prelude::*;
+
+use super::OutputMode;
+use super::meta::{self, ObjectMask};
+use super::prompt_event::{PromptAction, PromptSpec};
+use super::render::Renderer;
+use super::timeline::{Place, TimedPrompt};
+use crate::prompt::Prompt;
+use crate::tracker::{FrameOutput, PromptOutcome, Tracker};
+
+/// What the streaming thread (and the application's threads) hand to the worker, in order.
+pub(crate) enum Job {
+    /// New input and output formats (the sink's caps, negotiated output caps).
+    Caps {
+        input: gst_video::VideoInfo,
+        output: gst_video::VideoInfo,
+        caps: gst::Caps,
+    },
+    /// A frame; `track` is false when the skip policy carries the last masks over it.
+    Frame {
+        buffer: gst::Buffer,
+        track: bool,
+    },
+    /// A prompt from an event, a signal or a click, and where it came from (for the ack).
+    Prompt {
+        action: PromptAction,
+        source: &'static str,
+    },
+    /// A serialized event, forwarded in order with the buffers.
+    Event(gst::Event),
+    /// The timeline broke (a flush): forget the objects' memory.
+    Reset,
+    Stop,
+}
+
+/// What the worker hands to the source pad's task.
+pub(crate) enum Output {
+    Buffer(gst::Buffer),
+    Event(gst::Event),
+    Error(gst::ErrorMessage),
+    /// Nothing: wakes the task so that it sees the element flushing or stopping.
+    Wake,
+}
+
+/// How the worker renders and what it applies besides the stream's own prompts.
+pub(crate) struct WorkerSettings {
+    pub mode: OutputMode,
+    /// The objects in the matte (alpha and mask modes); all when empty.
+    pub matte_objects: Vec<u32>,
+    /// alpha = sigmoid(logit / softness); 0 gives a hard matte.
+    pub softness: f32,
+    pub max_objects: usize,
+    pub timeline: Vec<TimedPrompt>,
+}
+
+/// An object's clicks on one frame: (tracker frame id, points, labels).
+type Clicks = (u64, Vec<[f32; 2]>, Vec<i32>);
+
+/// One object's matte at the frame's size and what the meta says of it.
+#[derive(Clone)]
+struct ObjectMatte {
+    object: u32,
+    matte: Vec<u8>,
+    score: f32,
+    iou: f32,
+}
+
+pub(crate) struct Worker {
+    thread: Option<JoinHandle<()>>,
+    pub jobs: Sender<Job>,
+    /// The worker's end of the job queue, kept to drop queued jobs on a flush.
+    pending: Receiver<Job>,
+    pub outputs: Receiver<Output>,
+    outputs_tx: Sender<Output>,
+    /// The longest processing time of a frame so far (ns): the element's latency.
+    pub max_latency: Arc<AtomicU64>,
+}
+
+impl Worker {
+    pub fn spawn(
+        element: gst::Element,
+        tracker: Tracker,
+        settings: WorkerSettings,
+        queue: usize,
+    ) -> std::io::Result<Self> {
+        let (jobs, jobs_rx) = crossbeam_channel::bounded(queue.max(1));
+        let (outputs_tx, outputs) = crossbeam_channel::unbounded();
+        let max_latency = Arc::new(AtomicU64::new(0));
+        let mut state = WorkerState {
+            element,
+            tracker,
+            settings,
+            renderer: None,
+            segment: gst::FormattedSegment::new(),
+            next_id: 0,
+            frame_count: 0,
+            recent: VecDeque::new(),
+            last: Vec::new(),
+            clicks: HashMap::new(),
+            out: outputs_tx.clone(),
+            max_latency: max_latency.clone(),
+            reported_latency: 0,
+        };
+        let rx = jobs_rx.clone();
+        let thread = std::thread::Builder::new()
+            .name("sam2refiner-worker".into())
+            .spawn(move || {
+                while let Ok(job) = rx.recv() {
+                    if matches!(job, Job::Stop) {
+                        break;
+                    }
+                    state.handle(job);
+                }
+            })?;
+        Ok(Self {
+            thread: Some(thread),
+            jobs,
+            pending: jobs_rx,
+            outputs,
+            outputs_tx,
+            max_latency,
+        })
+    }
+
+    /// Drops every queued job and output (a flush), and wakes the source pad's task.
+    pub fn discard_queued(&self) {
+        while self.pending.try_recv().is_ok() {}
+        while self.outputs.try_recv().is_ok() {}
+        let _ = self.outputs_tx.send(Output::Wake);
+    }
+
+    pub fn stop(mut self) {
+        self.discard_queued();
+        let _ = self.jobs.send(Job::Stop);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+struct WorkerState {
+    element: gst::Element,
+    tracker: Tracker,
+    settings: WorkerSettings,
+    renderer: Option<Renderer>,
+    segment: gst::FormattedSegment<gst::ClockTime>,
+    /// The tracker's id of the next tracked frame.
+    next_id: u64,
+    /// Frames seen since the start (or the last flush): the timeline's frame numbers otherwise.
+    frame_count: u64,
+    /// (pts, tracker id) of the last tracked frames, to place prompts made on a displayed frame.
+    recent: VecDeque<(gst::ClockTime, u64)>,
+    /// The last tracked frame's mattes, carried over frames the skip policy does not track.
+    last: Vec<ObjectMatte>,
+    /// Clicks on the current frame per object, accumulated as the official demo does.
+    clicks: HashMap<u32, Clicks>,
+    out: Sender<Output>,
+    max_latency: Arc<AtomicU64>,
+    reported_latency: u64,
+}
+
+impl WorkerState {
+    fn handle(&mut self, job: Job) {
+        match job {
+            Job::Caps {
+                input,
+                output,
+                caps,
+            } => {
+                let resized = self.renderer.as_ref().is_some_and(|r| {
+                    (r.input_info().width(), r.input_info().height())
+                        != (input.width(), input.height())
+                });
+                if resized {
+                    gst::element_warning!(
+                        self.element,
+                        gst::StreamError::Format,
+                        [
+                            "The frame size changed to {}x{}: the objects' memory restarts",
+                            input.width(),
+                            input.height()
+                        ]
+                    );
+                    self.reset();
+                }
+                match Renderer::new(&input, &output, self.settings.mode) {
+                    Ok(r) => self.renderer = Some(r),
+                    Err(e) => {
+                        return self.fail(gst::error_msg!(
+                            gst::CoreError::Negotiation,
+                            ["Cannot convert {caps}: {e}"]
+                        ));
+                    }
+                }
+                let _ = self.out.send(Output::Event(gst::event::Caps::new(&caps)));
+            }
+            Job::Frame { buffer, track } => {
+                if let Err(e) = self.frame(buffer, track) {
+                    self.fail(e);
+                }
+            }
+            Job::Prompt { action, source } => self.prompt(action, source),
+            Job::Event(event) => {
+                if let gst::EventView::Segment(s) = event.view()
+                    && let Ok(segment) = s.segment().clone().downcast::<gst::ClockTime>()
+                {
+                    self.segment = segment;
+                }
+                let _ = self.out.send(Output::Event(event));
+            }
+            Job::Reset => self.reset(),
+            Job::Stop => {}
+        }
+    }
+
+    fn fail(&mut self, error: gst::ErrorMessage) {
+        let _ = self.out.send(Output::Error(error));
+    }
+
+    /// Forgets the objects' memory and the frame history (the timeline broke).
+    fn reset(&mut self) {
+        self.tracker.reset();
+        self.next_id = 0;
+        self.recent.clear();
+        self.last.clear();
+        self.clicks.clear();
+    }
+
+    fn frame(&mut self, buffer: gst::Buffer, track: bool) -> Result<(), gst::ErrorMessage> {
+        if self.renderer.is_none() {
+            return Err(gst::error_msg!(
+                gst::CoreError::Negotiation,
+                ["A buffer before the caps"]
+            ));
+        }
+        let number = self.frame_number(&buffer);
+        self.frame_count += 1;
+        let start = Instant::now();
+        if track {
+            self.apply_timeline(number, buffer.pts());
+            let id = self.next_id;
+            self.next_id += 1;
+            let renderer = self.renderer.as_ref().expect("checked above");
+            let rgb = renderer.rgb(buffer.as_ref()).map_err(|e| {
+                gst::error_msg!(gst::StreamError::Decode, ["Cannot read the frame: {e}"])
+            })?;
+            let output = self.tracker.push_frame(id, &rgb).map_err(|e| {
+                gst::error_msg!(
+                    gst::LibraryError::Failed,
+                    ["Tracking failed on frame {number}: {e}"]
+                )
+            })?;
+            if let Some(pts) = buffer.pts() {
+                self.recent.push_back((pts, id));
+                while self.recent.len() > self.tracker.options().feature_history.max(1) {
+                    self.recent.pop_front();
+                }
+            }
+            self.last = self.mattes(&output)?;
+        }
+        let out = self.render(buffer, number, !track)?;
+        if track {
+            self.note_latency(start.elapsed().as_nanos() as u64);
+        }
+        let _ = self.out.send(Output::Buffer(out));
+        Ok(())
+    }
+
+    /// The timeline's frame number of a buffer: its stream time times the frame rate when both
+    /// are known (right across seeks), else the count of frames seen.
+    fn frame_number(&self, buffer: &gst::Buffer) -> u64 {
+        let fps = self.renderer.as_ref().map(|r| r.input_info().fps());
+        match (
+            buffer
+                .pts()
+                .and_then(|pts| self.segment.to_stream_time(pts)),
+            fps,
+        ) {
+            (Some(t), Some(fps)) if fps.numer() > 0 && fps.denom() > 0 => {
+                (t.nseconds() as u128 * fps.numer() as u128 / (fps.denom() as u128 * 1_000_000_000))
+                    as u64
+            }
+            _ => self.frame_count,
+        }
+    }
+
+    fn apply_timeline(&mut self, number: u64, pts: Option<gst::ClockTime>) {
+        let stream_time = pts.and_then(|p| self.segment.to_stream_time(p));
+        let due: Vec<TimedPrompt> = {
+            let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.settings.timeline)
+                .into_iter()
+                .partition(|t| match t.place {
+                    Place::Frame(f) => f <= number,
+                    Place::Time(t) => stream_time.is_some_and(|s| t <= s),
+                });
+            self.settings.timeline = later;
+            due
+        };
+        for t in due {
+            let prompt = Prompt {
+                frame: self.next_id,
+                ..t.prompt
+            };
+            self.add(prompt, "timeline");
+        }
+    }
+
+    /// Soft mattes of every object at the frame's size (sigmoid of the logits, on the device;
+    /// one download of bytes).
+    fn mattes(&self, output: &FrameOutput) -> Result<Vec<ObjectMatte>, gst::ErrorMessage> {
+        let logits = self.tracker.frame_logits(output).map_err(|e| {
+            gst::error_msg!(gst::LibraryError::Failed, ["Mask upsampling failed: {e}"])
+        })?;
+        let softness = self.settings.softness;
+        let to_bytes = |t: &Tensor| -> candle_core::Result<Vec<u8>> {
+            let alpha = if softness > 0.0 {
+                candle_nn::ops::sigmoid(&(t / softness as f64)?)?
+            } else {
+                t.gt(0.0)?.to_dtype(DType::F32)?
+            };
+            ((alpha * 255.0)?.round()?.clamp(0f32, 255f32)?)
+                .to_dtype(DType::U8)?
+                .flatten_all()?
+                .to_vec1::<u8>()
+        };
+        logits
+            .iter()
+            .zip(&output.objects)
+            .map(|((object, l), o)| {
+                Ok(ObjectMatte {
+                    object: *object,
+                    matte: to_bytes(l).map_err(|e| {
+                        gst::error_msg!(gst::LibraryError::Failed, ["Matte failed: {e}"])
+                    })?,
+                    score: o.object_score,
+                    iou: o.iou,
+                })
+            })
+            .collect()
+    }
+
+    fn render(
+        &self,
+        buffer: gst::Buffer,
+        number: u64,
+        carried: bool,
+    ) -> Result<gst::Buffer, gst::ErrorMessage> {
+        let renderer = self.renderer.as_ref().expect("caps came first");
+        let info = renderer.input_info();
+        let (w, h) = (info.width() as usize, info.height() as usize);
+        let fail = |e: gst::glib::BoolError| {
+            gst::error_msg!(gst::StreamError::Failed, ["Rendering failed: {e}"])
+        };
+        let selected = |o: &ObjectMatte| {
+            self.settings.matte_objects.is_empty()
+                || self.settings.matte_objects.contains(&o.object)
+        };
+        match self.settings.mode {
+            OutputMode::Meta => {
+                let mut out = buffer;
+                let masks = self
+                    .last
+                    .iter()
+                    .map(|o| {
+                        Ok(ObjectMask {
+                            object: o.object,
+                            object_score: o.score,
+                            iou: o.iou,
+                            bbox: bbox(&o.matte, w, h),
+                            mask: meta::gray8_buffer(w as u32, h as u32, &o.matte)?,
+                            carried,
+                        })
+                    })
+                    .collect::<Result<Vec<_>, gst::glib::BoolError>>()
+                    .map_err(fail)?;
+                meta::add(out.make_mut(), number, &masks).map_err(fail)?;
+                Ok(out)
+            }
+            OutputMode::Alpha | OutputMode::Mask => {
+                let chosen: Vec<&ObjectMatte> = self.last.iter().filter(|o| selected(o)).collect();
+                let union = (!chosen.is_empty()).then(|| {
+                    let mut u = vec![0u8; w * h];
+                    for o in &chosen {
+                        for (a, b) in u.iter_mut().zip(&o.matte) {
+                            *a = (*a).max(*b);
+                        }
+                    }
+                    u
+                });
+                renderer.render(buffer, union.as_deref(), &[]).map_err(fail)
+            }
+            OutputMode::Overlay => {
+                let tinted: Vec<(u32, &[u8])> = self
+                    .last
+                    .iter()
+                    .map(|o| (o.object, o.matte.as_slice()))
+                    .collect();
+                renderer.render(buffer, None, &tinted).map_err(fail)
+            }
+        }
+    }
+
+    fn note_latency(&mut self, ns: u64) {
+        let previous = self.max_latency.fetch_max(ns, Ordering::Relaxed).max(ns);
+        // Tell the pipeline when processing got noticeably slower than what it was told.
+        if previous > self.reported_latency + self.reported_latency / 10 {
+            self.reported_latency = previous;
+            let _ = self
+                .element
+                .post_message(gst::message::Latency::builder().src(&self.element).build());
+        }
+    }
+
+    /// A prompt from an event, a signal or a click.
+    fn prompt(&mut self, action: PromptAction, source: &'static str) {
+        match action {
+            PromptAction::Reset => {
+                self.reset();
+                self.ack(None, source, Ok("reset"));
+            }
+            PromptAction::Remove { object } => {
+                self.clicks.remove(&object);
+                let result = self
+                    .tracker
+                    .remove_object(object)
+                    .map(|_| "removed")
+                    .map_err(|e| e.to_string());
+                self.ack(Some(object), source, result);
+            }
+            PromptAction::Clear { object } => {
+                self.clicks.remove(&object);
+                let result = self
+                    .tracker
+                    .clear_prompts(object)
+                    .map(|_| "cleared")
+                    .map_err(|e| e.to_string());
+                self.ack(Some(object), source, result);
+            }
+            PromptAction::Add(spec) => {
+                let Some(renderer) = &self.renderer else {
+                    return self.ack(
+                        Some(spec.object),
+                        source,
+                        Err("no frame yet: the prompt has no frame to apply to".into()),
+                    );
+                };
+                let size = (
+                    renderer.input_info().width() as usize,
+                    renderer.input_info().height() as usize,
+                );
+                let frame = self.place(&spec);
+                let mut prompt = spec.to_prompt(frame, size);
+                if source == "click" {
+                    prompt = self.accumulate(prompt);
+                }
+                self.add(prompt, source);
+            }
+        }
+    }
+
+    /// The tracker frame a prompt applies to: the displayed frame it names if still known,
+    /// else the next frame.
+    fn place(&self, spec: &PromptSpec) -> u64 {
+        spec.pts
+            .and_then(|pts| {
+                self.recent
+                    .iter()
+                    .rev()
+                    .find(|(p, _)| *p <= pts)
+                    .map(|(_, id)| *id)
+            })
+            .unwrap_or(self.next_id)
+    }
+
+    /// Clicks for one object on one frame add up (each click sends them all, with the frame's
+    /// previous mask), as in the official interactive demo.
+    fn accumulate(&mut self, prompt: Prompt) -> Prompt {
+        let entry =
+            self.clicks
+                .entry(prompt.object)
+                .or_insert((prompt.frame, Vec::new(), Vec::new()));
+        if entry.0 != prompt.frame {
+            *entry = (prompt.frame, Vec::new(), Vec::new());
+        }
+        entry.1.extend(&prompt.points);
+        entry.2.extend(&prompt.labels);
+        Prompt {
+            points: entry.1.clone(),
+            labels: entry.2.clone(),
+            ..prompt
+        }
+    }
+
+    fn add(&mut self, prompt: Prompt, source: &'static str) {
+        let object = prompt.object;
+        let known = self.tracker.objects().any(|o| o == object);
+        if !known && self.tracker.objects().count() >= self.settings.max_objects {
+            let reason = format!(
+                "object {object} would be one more than max-objects ({})",
+                self.settings.max_objects
+            );
+            return self.ack(Some(object), source, Err(reason));
+        }
+        let result = self
+            .tracker
+            .add_prompt(&prompt)
+            .map_err(|e| e.to_string())
+            .map(|outcome| match outcome {
+                PromptOutcome::Applied(_) => "applied",
+                PromptOutcome::Queued => "queued",
+                PromptOutcome::Deferred => "deferred",
+            });
+        self.ack(Some(object), source, result);
+    }
+
+    /// The `sam2-prompt-ack` element message; a rejected prompt is also a warning.
+    fn ack(&self, object: Option<u32>, source: &str, result: Result<&str, String>) {
+        let mut s = gst::Structure::builder("sam2-prompt-ack")
+            .field("source", source)
+            .field("accepted", result.is_ok());
+        if let Some(object) = object {
+            s = s.field("object", object);
+        }
+        s = match &result {
+            Ok(outcome) => s.field("outcome", *outcome),
+            Err(reason) => s.field("reason", reason.as_str()),
+        };
+        if let Err(reason) = &result {
+            gst::element_warning!(
+                self.element,
+                gst::StreamError::Format,
+                ["Prompt from {source} rejected: {reason}"]
+            );
+        }
+        let _ = self.element.post_message(
+            gst::message::Element::builder(s.build())
+                .src(&self.element)
+                .build(),
+        );
+    }
+}
+
+/// The bounding box of a matte's object (> 127), normalised to the frame.
+fn bbox(matte: &[u8], w: usize, h: usize) -> Option<[f32; 4]> {
+    let (mut x0, mut y0, mut x1, mut y1) = (usize::MAX, usize::MAX, 0, 0);
+    for (i, v) in matte.iter().enumerate() {
+        if *v > 127 {
+            let (x, y) = (i % w, i / w);
+            (x0, y0, x1, y1) = (x0.min(x), y0.min(y), x1.max(x + 1), y1.max(y + 1));
+        }
+    }
+    (x0 != usize::MAX).then(|| {
+        [
+            x0 as f32 / w as f32,
+            y0 as f32 / h as f32,
+            x1 as f32 / w as f32,
+            y1 as f32 / h as f32,
+        ]
+    })
+}
