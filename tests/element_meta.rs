@@ -104,6 +104,14 @@ fn frame_with_meta() -> (gst::Buffer, Vec<ObjectMask>) {
 /// came out. appsrc and appsink are driven through their signals, which spares a dependency on
 /// gstreamer-app.
 fn run_through(elements: &str) -> (gst::Sample, Vec<ObjectMask>) {
+    run_through_with(elements, |_| {})
+}
+
+/// [`run_through`], with `prepare` called on the pipeline before it starts.
+fn run_through_with(
+    elements: &str,
+    prepare: impl FnOnce(&gst::Pipeline),
+) -> (gst::Sample, Vec<ObjectMask>) {
     init();
     let description = format!(
         "appsrc name=src format=time \
@@ -116,13 +124,15 @@ fn run_through(elements: &str) -> (gst::Sample, Vec<ObjectMask>) {
         .unwrap();
     let src = pipeline.by_name("src").unwrap();
     let sink = pipeline.by_name("sink").unwrap();
+    prepare(&pipeline);
     pipeline.set_state(gst::State::Playing).unwrap();
 
     let (buffer, masks) = frame_with_meta();
     let flow = src.emit_by_name::<gst::FlowReturn>("push-buffer", &[&buffer]);
     assert_eq!(flow, gst::FlowReturn::Ok);
     drop(buffer);
-    src.emit_by_name::<gst::FlowReturn>("end-of-stream", &[]);
+    let flow = src.emit_by_name::<gst::FlowReturn>("end-of-stream", &[]);
+    assert_eq!(flow, gst::FlowReturn::Ok);
 
     let timeout = gst::ClockTime::from_seconds(10);
     let sample = sink.emit_by_name::<Option<gst::Sample>>("try-pull-sample", &[&timeout]);
@@ -429,6 +439,20 @@ fn videoscale_keeps_the_meta() {
     assert_kept(&sample, &masks);
 }
 
+#[test]
+fn in_place_filter_keeps_the_meta() {
+    let (sample, masks) = run_through("videobalance brightness=0.1");
+    assert_ne!(first_pixel(&sample), [0, 0, 0, 255], "the filter ran");
+    assert_kept(&sample, &masks);
+}
+
+#[test]
+fn format_changing_filter_drops_the_meta() {
+    let (sample, _) = run_through("alpha alpha=0.5");
+    assert_eq!(output_size(&sample).0, "AYUV");
+    assert_dropped(&sample);
+}
+
 // videoflip in 1.22 is never passthrough and leaves meta handling to GstVideoFilter, which
 // copies only untagged or `video`-only metas: even the identity drops ours. That costs nothing
 // worth keeping a special case for, and is what the flips and rotations need.
@@ -447,12 +471,18 @@ fn videoflip_horizontal_drops_the_meta() {
     assert_dropped(&sample);
 }
 
-/// The deprecated `method` property is ignored by videoflip 1.22.0 (the frame comes out
-/// unflipped; `video-direction` works); whether it flips or not, the meta goes.
+/// The deprecated `method` property is broken in videoflip 1.22.0: the element goes passthrough
+/// and the frame comes out unflipped (`video-direction` works). The meta must follow the frame
+/// either way, so the test accepts a fixed videoflip too.
 #[test]
-fn videoflip_method_horizontal_flip_drops_the_meta() {
-    let (sample, _) = run_through("videoflip method=horizontal-flip");
-    assert_dropped(&sample);
+fn videoflip_method_keeps_the_meta_consistent() {
+    let (sample, masks) = run_through("videoflip method=horizontal-flip");
+    if first_pixel(&sample) == [0, 0, 0, 255] {
+        assert_kept(&sample, &masks);
+    } else {
+        assert_eq!(first_pixel(&sample), [252, 0, 0, 255]);
+        assert_dropped(&sample);
+    }
 }
 
 #[test]
@@ -468,6 +498,35 @@ fn videocrop_drops_the_meta() {
     assert_eq!(output_size(&sample), ("RGBA".into(), WIDTH - 4, HEIGHT));
     assert_eq!(first_pixel(&sample), [16, 0, 0, 255]);
     assert_dropped(&sample);
+}
+
+/// When downstream accepts `GstVideoCropMeta`, videocrop crops without copying: the buffer, and
+/// so the meta, go through untouched, with a crop rectangle added. The masks still match the
+/// buffer's full frame, and consumers apply the rectangle to both (the documented caveat).
+#[test]
+fn videocrop_zero_copy_keeps_the_meta_beside_a_crop_meta() {
+    let (sample, masks) = run_through_with("videocrop left=4", |pipeline| {
+        let sink_pad = pipeline
+            .by_name("sink")
+            .unwrap()
+            .static_pad("sink")
+            .unwrap();
+        sink_pad.add_probe(gst::PadProbeType::QUERY_DOWNSTREAM, |_, info| {
+            if let Some(gst::PadProbeData::Query(query)) = &mut info.data
+                && let gst::QueryViewMut::Allocation(allocation) = query.view_mut()
+            {
+                allocation.add_allocation_meta::<gst_video::VideoMeta>(None);
+                allocation.add_allocation_meta::<gst_video::VideoCropMeta>(None);
+            }
+            gst::PadProbeReturn::Ok
+        });
+    });
+    let buffer = sample.buffer().unwrap();
+    let crop = buffer
+        .meta::<gst_video::VideoCropMeta>()
+        .expect("zero-copy crop");
+    assert_eq!(crop.rect(), (4, 0, WIDTH - 4, HEIGHT));
+    assert_kept(&sample, &masks);
 }
 
 #[test]

@@ -41,6 +41,11 @@ fn prompts_for_future_past_and_held_frames() {
         t.add_prompt(&click(2, 1, 100.0, 100.0)).unwrap(),
         PromptOutcome::Queued
     ));
+    // A waiting object is already one of the tracker's objects, and can be removed.
+    t.add_prompt(&click(5, 7, 10.0, 10.0)).unwrap();
+    assert_eq!(t.objects().collect::<Vec<_>>(), [1, 7]);
+    t.remove_object(7).unwrap();
+    assert_eq!(t.objects().collect::<Vec<_>>(), [1]);
     for f in 0..2 {
         assert!(
             t.push_frame(f, &clip_frame("t256", f as usize))

@@ -872,10 +872,8 @@ impl Sam2Refiner {
                 .build();
             // The input's own format first when it is an output format: no conversion then.
             if output_formats(mode).contains(&input.format()) {
-                let mut own = wanted.clone();
-                own.get_mut()
-                    .unwrap()
-                    .set("format", input.format().to_str());
+                let mut own = wanted.copy();
+                own.make_mut().set("format", input.format().to_str());
                 own.merge(wanted);
                 wanted = own;
             }
@@ -917,7 +915,7 @@ impl Sam2Refiner {
                 for s in peer.iter() {
                     let mut s = s.to_owned();
                     s.remove_fields(["format", "colorimetry", "chroma-site"]);
-                    caps.get_mut().unwrap().append_structure(s);
+                    caps.make_mut().append_structure(s);
                 }
                 caps.intersect(&template)
             };
@@ -962,7 +960,7 @@ impl Sam2Refiner {
                         );
                         s.remove_fields(["colorimetry", "chroma-site"]);
                     }
-                    caps.get_mut().unwrap().append_structure(s);
+                    caps.make_mut().append_structure(s);
                 }
                 let caps = caps.intersect(&template);
                 let caps = match q.filter() {

@@ -11,7 +11,7 @@
 //! | field     | type                      | meaning                                             |
 //! |-----------|---------------------------|-----------------------------------------------------|
 //! | `frame`   | `guint64`                 | the element's frame counter (0 for its first frame) |
-//! | `objects` | `GstValueArray` of `GstStructure` | one entry per object, in object-id order    |
+//! | `objects` | `GstValueArray` of `GstStructure` | one entry per object                        |
 //!
 //! Each entry of `objects` is a structure named `object` with:
 //!
@@ -53,21 +53,22 @@
 //! frame is copied, converted to another format or scaled, and becomes wrong when the frame is
 //! cropped, flipped or rotated. The meta is registered with the tags `video`, `size` and
 //! `orientation`, and its transform function accepts only copies (`gst-copy`) and scales
-//! (`gst-video-scale`), unchanged. On GStreamer 1.22 this gives:
+//! (`gst-video-scale`), unchanged. On GStreamer 1.22 (see `tests/element_meta.rs`) this gives:
 //!
-//! - `gst_buffer_copy()` and `make_writable()`: kept (copy);
-//! - `videoconvert`, `videoscale`: kept (they pass metas whose tags are all among
-//!   `video`/`size`/`orientation` to the transform as a scale);
-//! - `videoflip` (any method but identity), `videocrop`, `videobox`, and any `GstVideoFilter`
-//!   that does not handle tags itself: dropped (a meta with tags other than just `video` is
-//!   never copied by `GstBaseTransform`'s default);
-//! - elements that leave the buffer as it is (`identity`, `queue`, `tee`, passthrough
-//!   transforms): kept, as no transform is involved.
+//! - `gst_buffer_copy()`, `make_writable()`: kept, as a copy;
+//! - `videoconvert`, `videoscale`: kept, as a scale (they transform metas whose tags are all
+//!   among `video`, `size` and `orientation`, calling the transform with `gst-video-scale`);
+//! - elements that pass the buffer on or work in place (`identity`, `queue`, `tee`,
+//!   `videorate`, `videobalance`): kept, as the buffer is the same frame or a copy of it;
+//! - `videoflip` (even with the identity direction: it is never passthrough), `videocrop`,
+//!   `videobox`, and other elements that write a new frame without handling tags (`alpha`):
+//!   dropped, since `GstVideoFilter` and `GstBaseTransform` copy only metas that carry no tag
+//!   or the `video` tag alone.
 //!
-//! The price of that safety is that pixel-only filters such as `videobalance` drop the meta too.
 //! One case escapes the rule: `videocrop` in its zero-copy mode (downstream accepts
-//! `GstVideoCropMeta`) leaves the buffer and its metas in place and adds a crop rectangle; the
-//! masks then cover the uncropped frame, which consumers must crop with the same rectangle.
+//! `GstVideoCropMeta`) leaves the buffer and its metas as they are and adds a crop rectangle.
+//! The masks then still cover the whole buffer, and a consumer that crops the frame by that
+//! rectangle must crop the masks by it too.
 
 use std::sync::Once;
 
@@ -91,6 +92,7 @@ const FIELD_CARRIED: &str = "carried";
 /// One object's mask on one frame.
 #[derive(Debug, Clone)]
 pub struct ObjectMask {
+    /// Object id, as given in the prompts.
     pub object: u32,
     /// Object-score logit: below 0 the object is judged absent on this frame.
     pub object_score: f32,
@@ -134,7 +136,7 @@ pub fn register() {
 ///
 /// Only a copy (same frame) and a scale (same content at another size, possibly another format)
 /// keep the masks valid, since they are normalised to the frame. Everything else, including
-/// transformations that do not exist yet (1.28's matrix transforms for flips and rotations),
+/// transformations newer than 1.22 (the matrix transform 1.28 uses for flips and rotations),
 /// may move the content relative to the frame, so the meta is dropped rather than left wrong.
 fn transform(
     dest: &mut gst::BufferRef,

@@ -11,7 +11,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use candle_core::{DType, Tensor};
 use crossbeam_channel::{Receiver, Sender};
 use gst::prelude::*;
 
@@ -320,38 +319,22 @@ impl WorkerState {
         }
     }
 
-    /// Soft mattes of every object at the frame's size (sigmoid of the logits, on the device;
-    /// one download of bytes).
+    /// Soft mattes of every object at the frame's size (computed on the device; one download).
     fn mattes(&self, output: &FrameOutput) -> Result<Vec<ObjectMatte>, gst::ErrorMessage> {
-        let logits = self.tracker.frame_logits(output).map_err(|e| {
-            gst::error_msg!(gst::LibraryError::Failed, ["Mask upsampling failed: {e}"])
-        })?;
-        let softness = self.settings.softness;
-        let to_bytes = |t: &Tensor| -> candle_core::Result<Vec<u8>> {
-            let alpha = if softness > 0.0 {
-                candle_nn::ops::sigmoid(&(t / softness as f64)?)?
-            } else {
-                t.gt(0.0)?.to_dtype(DType::F32)?
-            };
-            ((alpha * 255.0)?.round()?.clamp(0f32, 255f32)?)
-                .to_dtype(DType::U8)?
-                .flatten_all()?
-                .to_vec1::<u8>()
-        };
-        logits
-            .iter()
+        let mattes = self
+            .tracker
+            .frame_mattes(output, self.settings.softness)
+            .map_err(|e| gst::error_msg!(gst::LibraryError::Failed, ["Matte failed: {e}"]))?;
+        Ok(mattes
+            .into_iter()
             .zip(&output.objects)
-            .map(|((object, l), o)| {
-                Ok(ObjectMatte {
-                    object: *object,
-                    matte: to_bytes(l).map_err(|e| {
-                        gst::error_msg!(gst::LibraryError::Failed, ["Matte failed: {e}"])
-                    })?,
-                    score: o.object_score,
-                    iou: o.iou,
-                })
+            .map(|((object, matte), o)| ObjectMatte {
+                object,
+                matte,
+                score: o.object_score,
+                iou: o.iou,
             })
-            .collect()
+            .collect())
     }
 
     fn render(
@@ -465,6 +448,10 @@ impl WorkerState {
                 );
                 let frame = self.place(&spec);
                 let mut prompt = spec.to_prompt(frame, size);
+                // A bad click must not join the object's later clicks: check it alone first.
+                if let Err(reason) = prompt.validate(size.0, size.1) {
+                    return self.ack(Some(spec.object), source, Err(reason));
+                }
                 if source == "click" {
                     prompt = self.accumulate(prompt);
                 }

@@ -147,16 +147,27 @@ impl Tracker {
         self.next_index = 0;
     }
 
-    /// The objects that have been prompted and not removed.
+    /// The objects that have been prompted and not removed, in increasing order, including those
+    /// whose only prompts still wait for their frame.
     pub fn objects(&self) -> impl Iterator<Item = ObjectId> + '_ {
-        self.objects.keys().copied()
+        let waiting = self
+            .pending
+            .iter()
+            .map(|(_, p)| p.object)
+            .filter(|o| !self.objects.contains_key(o));
+        let mut all: Vec<ObjectId> = self.objects.keys().copied().chain(waiting).collect();
+        all.sort_unstable();
+        all.dedup();
+        all.into_iter()
     }
 
     /// Stops tracking an object and forgets its memory. An unknown object is an error.
     pub fn remove_object(&mut self, object: ObjectId) -> Result<()> {
+        let waiting = self.pending.len();
         self.pending.retain(|(_, p)| p.object != object);
         match self.objects.remove(&object) {
             Some(_) => Ok(()),
+            None if self.pending.len() < waiting => Ok(()),
             None => Err(Error::Prompt(format!("no object {object} to remove"))),
         }
     }
@@ -164,12 +175,14 @@ impl Tracker {
     /// Forgets an object's prompts and memory; it is tracked again from its next prompt, which
     /// is then a first prompt. An unknown object is an error.
     pub fn clear_prompts(&mut self, object: ObjectId) -> Result<()> {
+        let waiting = self.pending.len();
         self.pending.retain(|(_, p)| p.object != object);
         match self.objects.get_mut(&object) {
             Some(track) => {
                 track.bank = MemoryBank::default();
                 Ok(())
             }
+            None if self.pending.len() < waiting => Ok(()),
             None => Err(Error::Prompt(format!("no object {object} to clear"))),
         }
     }
@@ -291,6 +304,19 @@ impl Tracker {
     /// non-overlap constraint across objects when it is on.
     pub fn frame_logits(&self, output: &FrameOutput) -> Result<Vec<(ObjectId, Tensor)>> {
         step::frame_logits(output, self.options.non_overlap_masks)
+    }
+
+    /// Each object's soft matte at the frame's size: `round(255 · sigmoid(logit / softness))`
+    /// (a hard 0/255 cut-out when `softness` is 0), computed on the device, one byte a pixel.
+    pub fn frame_mattes(
+        &self,
+        output: &FrameOutput,
+        softness: f32,
+    ) -> Result<Vec<(ObjectId, Vec<u8>)>> {
+        self.frame_logits(output)?
+            .into_iter()
+            .map(|(object, logits)| Ok((object, step::soft_matte(&logits, softness)?)))
+            .collect()
     }
 
     fn check_frame(&self, frame: FrameId, (width, height): (usize, usize)) -> Result<()> {

@@ -4,6 +4,7 @@
 //! error of at most 1e-4 in f32, and at least 99.9% of pixels on the same side of 0.
 #![allow(dead_code)]
 
+pub mod element;
 pub mod track;
 pub mod video;
 
