@@ -218,7 +218,7 @@ impl ObjectImpl for Sam2Refiner {
                     .build(),
                 glib::ParamSpecString::builder("prompts")
                     .nick("Prompt timeline")
-                    .blurb("A JSON timeline of prompts (the CLI's schema; each with \"frame\": a frame number, or \"time\": a stream time in seconds)")
+                    .blurb("A JSON timeline of prompts (the CLI's schema; each with \"frame\": a frame number, or \"time\": a stream time in seconds; after a seek, the entries before the new position are left out until a seek goes back before them)")
                     .mutable_ready()
                     .build(),
                 glib::ParamSpecEnum::builder_with_default("skip-policy", DEFAULT_SKIP_POLICY)
@@ -562,27 +562,25 @@ impl Sam2Refiner {
         let Some(weights) = settings.weights.clone() else {
             return Err(gst::error_msg!(
                 gst::ResourceError::NotFound,
-                [
-                    "No model weights: set the weights property (an official .pt checkpoint or .safetensors)"
-                ]
+                ("No model weights: set the weights property (an official .pt checkpoint or .safetensors)")
             ));
         };
         let mut config = Sam2Config::load(&settings.config)
-            .map_err(|e| gst::error_msg!(gst::LibraryError::Settings, ["{e}"]))?;
+            .map_err(|e| gst::error_msg!(gst::LibraryError::Settings, ("{e}")))?;
         config.apply_build_overrides(BuildMode::Video);
         let device = select_device(&settings.device)
-            .map_err(|e| gst::error_msg!(gst::LibraryError::Settings, ["{e}"]))?;
+            .map_err(|e| gst::error_msg!(gst::LibraryError::Settings, ("{e}")))?;
         let model = load_model(&config, &weights, DType::F32, &device).map_err(|e| {
             let kind = if weights.is_file() {
                 gst::ResourceError::OpenRead
             } else {
                 gst::ResourceError::NotFound
             };
-            gst::error_msg!(kind, ["{e}"])
+            gst::error_msg!(kind, ("{e}"))
         })?;
         let timeline = match &settings.prompts {
             Some(path) => timeline::read(path)
-                .map_err(|e| gst::error_msg!(gst::ResourceError::Read, ["{e}"]))?,
+                .map_err(|e| gst::error_msg!(gst::ResourceError::Read, ("{e}")))?,
             None => Vec::new(),
         };
         gst::info!(
@@ -610,7 +608,7 @@ impl Sam2Refiner {
                 s.parse::<u32>().map_err(|_| {
                     gst::error_msg!(
                         gst::LibraryError::Settings,
-                        ["matte-objects: {s:?} is not an object id"]
+                        ("matte-objects: {s:?} is not an object id")
                     )
                 })
             })
@@ -634,7 +632,7 @@ impl Sam2Refiner {
         .map_err(|e| {
             gst::error_msg!(
                 gst::CoreError::Thread,
-                ["Cannot start the worker thread: {e}"]
+                ("Cannot start the worker thread: {e}")
             )
         })?;
         *lock(&self.state) = Some(State {
@@ -648,7 +646,7 @@ impl Sam2Refiner {
         self.start_task().map_err(|e| {
             gst::error_msg!(
                 gst::CoreError::Thread,
-                ["Cannot start the source pad task: {e}"]
+                ("Cannot start the source pad task: {e}")
             )
         })?;
         Ok(())
@@ -728,7 +726,7 @@ impl Sam2Refiner {
                 gst::element_imp_error!(
                     self,
                     gst::StreamError::Failed,
-                    ["Streaming stopped: {e:?}"]
+                    ("Streaming stopped: {e:?}")
                 );
                 let _ = self.srcpad.push_event(gst::event::Eos::new());
             }
@@ -745,21 +743,23 @@ impl Sam2Refiner {
             return Err(gst::FlowError::Flushing);
         }
         (*lock(&self.last_flow))?;
-        let (jobs, track) = {
+        let (jobs, in_flight, track) = {
             let mut guard = lock(&self.state);
             let state = guard.as_mut().ok_or(gst::FlowError::Flushing)?;
             let settings = lock(&self.settings);
+            let in_flight = state.worker.frames_in_flight.clone();
             let track = match settings.skip_policy {
                 SkipPolicy::None => true,
                 SkipPolicy::EveryNth => state.frames % settings.track_every.max(1) as u64 == 0,
-                SkipPolicy::Realtime => state.worker.jobs.is_empty(),
+                SkipPolicy::Realtime => in_flight.load(Ordering::SeqCst) == 0,
             };
             state.frames += 1;
-            (state.worker.jobs.clone(), track)
+            (state.worker.jobs.clone(), in_flight, track)
         };
         // Blocks while the queue is full: upstream waits for the model, never for a lock.
-        jobs.send(Job::Frame { buffer, track })
-            .map_err(|_| gst::FlowError::Flushing)?;
+        if !Worker::send_frame(&jobs, &in_flight, buffer, track) {
+            return Err(gst::FlowError::Flushing);
+        }
         *lock(&self.last_flow)
     }
 
@@ -790,7 +790,7 @@ impl Sam2Refiner {
         gst::element_imp_warning!(
             self,
             gst::StreamError::Format,
-            ["Prompt from {source} rejected: {reason}"]
+            ("Prompt from {source} rejected: {reason}")
         );
         let s = gst::Structure::builder("sam2-prompt-ack")
             .field("source", source)
@@ -818,7 +818,7 @@ impl Sam2Refiner {
                 match self.negotiate(&caps) {
                     Ok(job) => self.send(job),
                     Err(e) => {
-                        gst::element_imp_error!(self, gst::CoreError::Negotiation, ["{e}"]);
+                        gst::element_imp_error!(self, gst::CoreError::Negotiation, ("{e}"));
                         false
                     }
                 }
@@ -836,8 +836,8 @@ impl Sam2Refiner {
                 if let Some(state) = lock(&self.state).as_ref() {
                     state.worker.discard_queued();
                 }
-                // The timeline broke: the worker forgets the objects' memory.
-                self.send(Job::Reset);
+                // The timeline broke (a seek): the worker forgets the objects' memory.
+                self.send(Job::Flushed);
                 *lock(&self.last_flow) = Ok(gst::FlowSuccess::Ok);
                 self.flushing.store(false, Ordering::SeqCst);
                 let ok = self.srcpad.push_event(event);
@@ -845,7 +845,7 @@ impl Sam2Refiner {
                     gst::element_imp_error!(
                         self,
                         gst::CoreError::Thread,
-                        ["Cannot restart the source pad task: {e}"]
+                        ("Cannot restart the source pad task: {e}")
                     );
                 }
                 ok

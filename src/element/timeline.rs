@@ -7,6 +7,8 @@
 //! ```
 //! `frame` counts frames from the start of the stream; `time` is the stream time in seconds (it
 //! stays right across seeks). Each entry applies to the first frame at or after its place.
+//! After a seek (a flush) the entries placed before the first frame that comes are left out,
+//! since the frames they name were not tracked; seeking back before them applies them again.
 
 use std::path::Path;
 

@@ -7,7 +7,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
@@ -42,8 +42,9 @@ pub(crate) enum Job {
     },
     /// A serialized event, forwarded in order with the buffers.
     Event(gst::Event),
-    /// The timeline broke (a flush): forget the objects' memory.
-    Reset,
+    /// The timeline broke (a flush, as for a seek): forget the objects' memory, and take the
+    /// prompt timeline again from the first frame that comes next.
+    Flushed,
     Stop,
 }
 
@@ -88,6 +89,8 @@ pub(crate) struct Worker {
     outputs_tx: Sender<Output>,
     /// The longest processing time of a frame so far (ns): the element's latency.
     pub max_latency: Arc<AtomicU64>,
+    /// Frames queued or being processed: the model is busy when it is not zero.
+    pub frames_in_flight: Arc<AtomicUsize>,
 }
 
 impl Worker {
@@ -100,6 +103,8 @@ impl Worker {
         let (jobs, jobs_rx) = crossbeam_channel::bounded(queue.max(1));
         let (outputs_tx, outputs) = crossbeam_channel::unbounded();
         let max_latency = Arc::new(AtomicU64::new(0));
+        let frames_in_flight = Arc::new(AtomicUsize::new(0));
+        let timeline_waiting = settings.timeline.clone();
         let mut state = WorkerState {
             element,
             tracker,
@@ -111,19 +116,26 @@ impl Worker {
             recent: VecDeque::new(),
             last: Vec::new(),
             clicks: HashMap::new(),
+            timeline_waiting,
+            seeked: false,
             out: outputs_tx.clone(),
             max_latency: max_latency.clone(),
             reported_latency: 0,
         };
         let rx = jobs_rx.clone();
+        let in_flight = frames_in_flight.clone();
         let thread = std::thread::Builder::new()
             .name("sam2refiner-worker".into())
             .spawn(move || {
                 while let Ok(job) = rx.recv() {
+                    let frame = matches!(job, Job::Frame { .. });
                     if matches!(job, Job::Stop) {
                         break;
                     }
                     state.handle(job);
+                    if frame {
+                        in_flight.fetch_sub(1, Ordering::SeqCst);
+                    }
                 }
             })?;
         Ok(Self {
@@ -133,12 +145,32 @@ impl Worker {
             outputs,
             outputs_tx,
             max_latency,
+            frames_in_flight,
         })
+    }
+
+    /// Queues a frame; blocks while the queue is full.
+    pub fn send_frame(
+        jobs: &Sender<Job>,
+        in_flight: &AtomicUsize,
+        buffer: gst::Buffer,
+        track: bool,
+    ) -> bool {
+        in_flight.fetch_add(1, Ordering::SeqCst);
+        let sent = jobs.send(Job::Frame { buffer, track }).is_ok();
+        if !sent {
+            in_flight.fetch_sub(1, Ordering::SeqCst);
+        }
+        sent
     }
 
     /// Drops every queued job and output (a flush), and wakes the source pad's task.
     pub fn discard_queued(&self) {
-        while self.pending.try_recv().is_ok() {}
+        while let Ok(job) = self.pending.try_recv() {
+            if matches!(job, Job::Frame { .. }) {
+                self.frames_in_flight.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
         while self.outputs.try_recv().is_ok() {}
         let _ = self.outputs_tx.send(Output::Wake);
     }
@@ -168,6 +200,11 @@ struct WorkerState {
     last: Vec<ObjectMatte>,
     /// Clicks on the current frame per object, accumulated as the official demo does.
     clicks: HashMap<u32, Clicks>,
+    /// The timeline's prompts not applied yet.
+    timeline_waiting: Vec<TimedPrompt>,
+    /// A flush came: the next frame may lie anywhere in the stream (a seek), and the timeline's
+    /// prompts placed before it do not apply to it.
+    seeked: bool,
     out: Sender<Output>,
     max_latency: Arc<AtomicU64>,
     reported_latency: u64,
@@ -189,11 +226,11 @@ impl WorkerState {
                     gst::element_warning!(
                         self.element,
                         gst::StreamError::Format,
-                        [
+                        (
                             "The frame size changed to {}x{}: the objects' memory restarts",
                             input.width(),
                             input.height()
-                        ]
+                        )
                     );
                     self.reset();
                 }
@@ -202,7 +239,7 @@ impl WorkerState {
                     Err(e) => {
                         return self.fail(gst::error_msg!(
                             gst::CoreError::Negotiation,
-                            ["Cannot convert {caps}: {e}"]
+                            ("Cannot convert {caps}: {e}")
                         ));
                     }
                 }
@@ -222,7 +259,12 @@ impl WorkerState {
                 }
                 let _ = self.out.send(Output::Event(event));
             }
-            Job::Reset => self.reset(),
+            Job::Flushed => {
+                self.reset();
+                self.frame_count = 0;
+                self.timeline_waiting = self.settings.timeline.clone();
+                self.seeked = true;
+            }
             Job::Stop => {}
         }
     }
@@ -244,24 +286,24 @@ impl WorkerState {
         if self.renderer.is_none() {
             return Err(gst::error_msg!(
                 gst::CoreError::Negotiation,
-                ["A buffer before the caps"]
+                ("A buffer before the caps")
             ));
         }
         let number = self.frame_number(&buffer);
         self.frame_count += 1;
         let start = Instant::now();
         if track {
-            self.apply_timeline(number, buffer.pts());
+            self.apply_timeline(number, buffer.as_ref());
             let id = self.next_id;
             self.next_id += 1;
             let renderer = self.renderer.as_ref().expect("checked above");
             let rgb = renderer.rgb(buffer.as_ref()).map_err(|e| {
-                gst::error_msg!(gst::StreamError::Decode, ["Cannot read the frame: {e}"])
+                gst::error_msg!(gst::StreamError::Decode, ("Cannot read the frame: {e}"))
             })?;
             let output = self.tracker.push_frame(id, &rgb).map_err(|e| {
                 gst::error_msg!(
                     gst::LibraryError::Failed,
-                    ["Tracking failed on frame {number}: {e}"]
+                    ("Tracking failed on frame {number}: {e}")
                 )
             })?;
             if let Some(pts) = buffer.pts() {
@@ -298,18 +340,30 @@ impl WorkerState {
         }
     }
 
-    fn apply_timeline(&mut self, number: u64, pts: Option<gst::ClockTime>) {
-        let stream_time = pts.and_then(|p| self.segment.to_stream_time(p));
-        let due: Vec<TimedPrompt> = {
-            let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.settings.timeline)
-                .into_iter()
-                .partition(|t| match t.place {
-                    Place::Frame(f) => f <= number,
-                    Place::Time(t) => stream_time.is_some_and(|s| t <= s),
-                });
-            self.settings.timeline = later;
-            due
+    /// Applies the timeline's prompts placed at or before this frame (those a frame-rate
+    /// rounding or a late start stepped over included), except, right after a seek, those placed
+    /// before it: they belong to frames that were not tracked, and apply when a seek goes back.
+    fn apply_timeline(&mut self, number: u64, buffer: &gst::BufferRef) {
+        let stream_time = buffer.pts().and_then(|p| self.segment.to_stream_time(p));
+        let due_now = |place: &Place| match *place {
+            Place::Frame(f) => f <= number,
+            Place::Time(t) => stream_time.is_some_and(|s| t <= s),
         };
+        // Placed on an earlier frame: a frame number before this one, or a time the previous
+        // frame (one duration back) had already reached.
+        let earlier = |place: &Place| match *place {
+            Place::Frame(f) => f < number,
+            Place::Time(t) => stream_time.is_some_and(|s| {
+                t + buffer.duration().unwrap_or(gst::ClockTime::ZERO) <= s && t < s
+            }),
+        };
+        if std::mem::take(&mut self.seeked) {
+            self.timeline_waiting.retain(|t| !earlier(&t.place));
+        }
+        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.timeline_waiting)
+            .into_iter()
+            .partition(|t| due_now(&t.place));
+        self.timeline_waiting = later;
         for t in due {
             let prompt = Prompt {
                 frame: self.next_id,
@@ -324,7 +378,7 @@ impl WorkerState {
         let mattes = self
             .tracker
             .frame_mattes(output, self.settings.softness)
-            .map_err(|e| gst::error_msg!(gst::LibraryError::Failed, ["Matte failed: {e}"]))?;
+            .map_err(|e| gst::error_msg!(gst::LibraryError::Failed, ("Matte failed: {e}")))?;
         Ok(mattes
             .into_iter()
             .zip(&output.objects)
@@ -347,7 +401,7 @@ impl WorkerState {
         let info = renderer.input_info();
         let (w, h) = (info.width() as usize, info.height() as usize);
         let fail = |e: gst::glib::BoolError| {
-            gst::error_msg!(gst::StreamError::Failed, ["Rendering failed: {e}"])
+            gst::error_msg!(gst::StreamError::Failed, ("Rendering failed: {e}"))
         };
         let selected = |o: &ObjectMatte| {
             self.settings.matte_objects.is_empty()
@@ -531,7 +585,7 @@ impl WorkerState {
             gst::element_warning!(
                 self.element,
                 gst::StreamError::Format,
-                ["Prompt from {source} rejected: {reason}"]
+                ("Prompt from {source} rejected: {reason}")
             );
         }
         let _ = self.element.post_message(

@@ -79,7 +79,6 @@ pub fn buffer(data: Vec<u8>, t: usize) -> gst::Buffer {
 
 pub const RGBA_CAPS: &str = "video/x-raw,format=RGBA,width=64,height=48,framerate=25/1";
 
-/// The element messages of a given structure name posted so far (other kinds of message stay).
 /// Every message now on the bus, in order (the bus is left empty).
 pub fn drain(bus: &gst::Bus) -> Vec<gst::Message> {
     std::iter::from_fn(|| bus.pop()).collect()
