@@ -549,9 +549,17 @@ impl ElementImpl for Sam2Refiner {
             })?;
         }
         if transition == gst::StateChange::PausedToReady {
-            self.stop();
+            self.stop_task();
         }
-        self.parent_change_state(transition)
+        let success = self.parent_change_state(transition)?;
+        // The worker goes only once the pads are inactive: until then, an event that upstream
+        // sends while the pipeline winds down still has somewhere to go, and is not an error.
+        if transition == gst::StateChange::PausedToReady
+            && let Some(state) = lock(&self.state).take()
+        {
+            state.worker.stop();
+        }
+        Ok(success)
     }
 }
 
@@ -652,16 +660,13 @@ impl Sam2Refiner {
         Ok(())
     }
 
-    /// Stops the task and the worker, dropping what is queued (PAUSED→READY).
-    fn stop(&self) {
+    /// Stops the source pad's task, dropping what is queued (PAUSED→READY).
+    fn stop_task(&self) {
         self.flushing.store(true, Ordering::SeqCst);
         if let Some(state) = lock(&self.state).as_ref() {
             state.worker.discard_queued();
         }
         let _ = self.srcpad.stop_task();
-        if let Some(state) = lock(&self.state).take() {
-            state.worker.stop();
-        }
     }
 
     fn start_task(&self) -> Result<(), glib::BoolError> {
@@ -695,12 +700,12 @@ impl Sam2Refiner {
         let flow = match output {
             Output::Wake => return,
             Output::Buffer(buffer) => {
-                let pts = buffer.pts();
-                let flow = self.srcpad.push(buffer);
+                // Set before the push: a sink may show the frame, and the user click on it,
+                // before the push returns.
                 if let Some(state) = lock(&self.state).as_mut() {
-                    state.last_pts = pts.or(state.last_pts);
+                    state.last_pts = buffer.pts().or(state.last_pts);
                 }
-                flow
+                self.srcpad.push(buffer)
             }
             Output::Event(event) => {
                 let eos = event.type_() == gst::EventType::Eos;
