@@ -72,12 +72,27 @@ pub(crate) struct WorkerSettings {
 type Clicks = (u64, Vec<[f32; 2]>, Vec<i32>);
 
 /// One object's matte at the frame's size and what the meta says of it.
-#[derive(Clone)]
 struct ObjectMatte {
     object: u32,
     matte: Vec<u8>,
     score: f32,
     iou: f32,
+}
+
+/// The last tracked frame's result in the form the output mode renders: each object's matte
+/// (meta, overlay), or the one matte of the chosen objects (alpha, mask; `None`: no object).
+enum Mattes {
+    PerObject(Vec<ObjectMatte>),
+    Union(Option<Vec<u8>>),
+}
+
+impl Mattes {
+    fn none(mode: OutputMode) -> Self {
+        match mode {
+            OutputMode::Meta | OutputMode::Overlay => Self::PerObject(Vec::new()),
+            OutputMode::Alpha | OutputMode::Mask => Self::Union(None),
+        }
+    }
 }
 
 pub(crate) struct Worker {
@@ -105,6 +120,7 @@ impl Worker {
         let max_latency = Arc::new(AtomicU64::new(0));
         let frames_in_flight = Arc::new(AtomicUsize::new(0));
         let timeline_waiting = settings.timeline.clone();
+        let last = Mattes::none(settings.mode);
         let mut state = WorkerState {
             element,
             tracker,
@@ -114,7 +130,7 @@ impl Worker {
             next_id: 0,
             frame_count: 0,
             recent: VecDeque::new(),
-            last: Vec::new(),
+            last,
             clicks: HashMap::new(),
             timeline_waiting,
             seeked: false,
@@ -197,7 +213,7 @@ struct WorkerState {
     /// (pts, tracker id) of the last tracked frames, to place prompts made on a displayed frame.
     recent: VecDeque<(gst::ClockTime, u64)>,
     /// The last tracked frame's mattes, carried over frames the skip policy does not track.
-    last: Vec<ObjectMatte>,
+    last: Mattes,
     /// Clicks on the current frame per object, accumulated as the official demo does.
     clicks: HashMap<u32, Clicks>,
     /// The timeline's prompts not applied yet.
@@ -278,7 +294,7 @@ impl WorkerState {
         self.tracker.reset();
         self.next_id = 0;
         self.recent.clear();
-        self.last.clear();
+        self.last = Mattes::none(self.settings.mode);
         self.clicks.clear();
     }
 
@@ -373,22 +389,41 @@ impl WorkerState {
         }
     }
 
-    /// Soft mattes of every object at the frame's size (computed on the device; one download).
-    fn mattes(&self, output: &FrameOutput) -> Result<Vec<ObjectMatte>, gst::ErrorMessage> {
-        let mattes = self
-            .tracker
-            .frame_mattes(output, self.settings.softness)
-            .map_err(|e| gst::error_msg!(gst::LibraryError::Failed, ("Matte failed: {e}")))?;
-        Ok(mattes
-            .into_iter()
-            .zip(&output.objects)
-            .map(|((object, matte), o)| ObjectMatte {
-                object,
-                matte,
-                score: o.object_score,
-                iou: o.iou,
-            })
-            .collect())
+    /// The mattes the output mode renders, at the frame's size (computed on the device; one
+    /// download).
+    fn mattes(&self, output: &FrameOutput) -> Result<Mattes, gst::ErrorMessage> {
+        let failed =
+            |e: crate::Error| gst::error_msg!(gst::LibraryError::Failed, ("Matte failed: {e}"));
+        let softness = self.settings.softness;
+        match self.settings.mode {
+            OutputMode::Meta | OutputMode::Overlay => {
+                let mattes = self
+                    .tracker
+                    .frame_mattes(output, softness)
+                    .map_err(failed)?;
+                Ok(Mattes::PerObject(
+                    mattes
+                        .into_iter()
+                        .zip(&output.objects)
+                        .map(|((object, matte), o)| ObjectMatte {
+                            object,
+                            matte,
+                            score: o.object_score,
+                            iou: o.iou,
+                        })
+                        .collect(),
+                ))
+            }
+            OutputMode::Alpha | OutputMode::Mask => {
+                let chosen = &self.settings.matte_objects;
+                self.tracker
+                    .frame_matte_union(output, softness, |o| {
+                        chosen.is_empty() || chosen.contains(&o)
+                    })
+                    .map(Mattes::Union)
+                    .map_err(failed)
+            }
+        }
     }
 
     fn render(
@@ -403,15 +438,10 @@ impl WorkerState {
         let fail = |e: gst::glib::BoolError| {
             gst::error_msg!(gst::StreamError::Failed, ("Rendering failed: {e}"))
         };
-        let selected = |o: &ObjectMatte| {
-            self.settings.matte_objects.is_empty()
-                || self.settings.matte_objects.contains(&o.object)
-        };
-        match self.settings.mode {
-            OutputMode::Meta => {
+        match &self.last {
+            Mattes::PerObject(mattes) if self.settings.mode == OutputMode::Meta => {
                 let mut out = buffer;
-                let masks = self
-                    .last
+                let masks = mattes
                     .iter()
                     .map(|o| {
                         Ok(ObjectMask {
@@ -428,27 +458,14 @@ impl WorkerState {
                 meta::add(out.make_mut(), number, &masks).map_err(fail)?;
                 Ok(out)
             }
-            OutputMode::Alpha | OutputMode::Mask => {
-                let chosen: Vec<&ObjectMatte> = self.last.iter().filter(|o| selected(o)).collect();
-                let union = (!chosen.is_empty()).then(|| {
-                    let mut u = vec![0u8; w * h];
-                    for o in &chosen {
-                        for (a, b) in u.iter_mut().zip(&o.matte) {
-                            *a = (*a).max(*b);
-                        }
-                    }
-                    u
-                });
-                renderer.render(buffer, union.as_deref(), &[]).map_err(fail)
-            }
-            OutputMode::Overlay => {
-                let tinted: Vec<(u32, &[u8])> = self
-                    .last
+            Mattes::PerObject(mattes) => {
+                let tinted: Vec<(u32, &[u8])> = mattes
                     .iter()
                     .map(|o| (o.object, o.matte.as_slice()))
                     .collect();
                 renderer.render(buffer, None, &tinted).map_err(fail)
             }
+            Mattes::Union(matte) => renderer.render(buffer, matte.as_deref(), &[]).map_err(fail),
         }
     }
 

@@ -307,16 +307,48 @@ impl Tracker {
     }
 
     /// Each object's soft matte at the frame's size: `round(255 · sigmoid(logit / softness))`
-    /// (a hard 0/255 cut-out when `softness` is 0), computed on the device, one byte a pixel.
+    /// (a hard 0/255 cut-out when `softness` is 0), computed on the device for all objects at
+    /// once, one byte a pixel, one download.
     pub fn frame_mattes(
         &self,
         output: &FrameOutput,
         softness: f32,
     ) -> Result<Vec<(ObjectId, Vec<u8>)>> {
-        self.frame_logits(output)?
+        let logits = self.frame_logits(output)?;
+        let Some((_, first)) = logits.first() else {
+            return Ok(Vec::new());
+        };
+        let pixels = first.elem_count();
+        let stacked = Tensor::stack(&logits.iter().map(|(_, l)| l).collect::<Vec<_>>(), 0)?;
+        let bytes = step::soft_matte(&stacked, softness)?;
+        Ok(logits
+            .iter()
+            .zip(bytes.chunks_exact(pixels))
+            .map(|((object, _), matte)| (*object, matte.to_vec()))
+            .collect())
+    }
+
+    /// One matte for the objects `select` picks: at each pixel the largest of their mattes (as
+    /// [`frame_mattes`](Self::frame_mattes) computes them), on the device, one download. `None`
+    /// when no object is picked.
+    pub fn frame_matte_union(
+        &self,
+        output: &FrameOutput,
+        softness: f32,
+        select: impl Fn(ObjectId) -> bool,
+    ) -> Result<Option<Vec<u8>>> {
+        let picked: Vec<Tensor> = self
+            .frame_logits(output)?
             .into_iter()
-            .map(|(object, logits)| Ok((object, step::soft_matte(&logits, softness)?)))
-            .collect()
+            .filter(|(object, _)| select(*object))
+            .map(|(_, logits)| logits)
+            .collect();
+        if picked.is_empty() {
+            return Ok(None);
+        }
+        // The matte is monotonic in the logit: the largest logit gives the largest matte.
+        let largest = Tensor::stack(&picked, 0)?.max(0)?;
+        Ok(Some(step::soft_matte(&largest, softness)?))
     }
 
     fn check_frame(&self, frame: FrameId, (width, height): (usize, usize)) -> Result<()> {
