@@ -9,7 +9,11 @@
 //! a correction every N frames (so the conditioning memories also grow, up to their cap). Prints
 //! the process's resident set and what the tracker holds at each checkpoint, and frames per second.
 
+mod common;
+
 use std::time::Instant;
+
+use common::{Args, rss_mib};
 
 use candle_core::{DType, Device};
 use gstsam2refiner::image::RgbImage;
@@ -17,16 +21,6 @@ use gstsam2refiner::model::weights::build_model;
 use gstsam2refiner::model::{BuildMode, Sam2Config, WeightFile};
 use gstsam2refiner::prompt::Prompt;
 use gstsam2refiner::tracker::{FrameResize, Tracker, TrackerOptions};
-
-fn rss_mib() -> f64 {
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    let pages: f64 = statm
-        .split_whitespace()
-        .nth(1)
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(f64::NAN);
-    pages * 4096.0 / (1 << 20) as f64
-}
 
 /// A 160x120 frame with `objects` discs moving on circles over a gradient.
 fn frame(t: usize, objects: usize) -> (RgbImage, Vec<[f32; 2]>) {
@@ -60,25 +54,12 @@ fn frame(t: usize, objects: usize) -> (RgbImage, Vec<[f32; 2]>) {
 }
 
 fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| a != "--bench")
-        .collect();
-    let arg = |name: &str, default: &str| -> String {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1).cloned())
-            .unwrap_or_else(|| default.to_owned())
-    };
-    let (preset, size) = (
-        arg("--config", "sam2.1_hiera_t"),
-        arg("--size", "64").parse::<usize>()?,
-    );
-    let correct_every = arg("--correct-every", "0").parse::<usize>()?;
-    let (frames, objects) = (
-        arg("--frames", "10000").parse::<usize>()?,
-        arg("--objects", "2").parse::<usize>()?,
-    );
+    let args = Args::from_env();
+    let preset = args.string("--config", "sam2.1_hiera_t");
+    let size: usize = args.parse("--size", 64)?;
+    let correct_every: usize = args.parse("--correct-every", 0)?;
+    let frames: usize = args.parse("--frames", 10_000)?;
+    let objects: usize = args.parse("--objects", 2)?;
     let mut config = Sam2Config::preset(&preset)?;
     config.apply_build_overrides(BuildMode::Video);
     config.image_size = size;

@@ -7,7 +7,11 @@
 //! and the process's peak resident memory. Compare with the official implementation on the same
 //! machine and config: `../shared/tools/official_speed.py` (`enc`, `image`, `track`, `parts`).
 
+mod common;
+
 use std::time::Instant;
+
+use common::peak_rss_mib;
 
 use candle_core::{DType, Device, Tensor};
 use gstsam2refiner::device::{describe, select_device};
@@ -84,17 +88,6 @@ fn time<T>(label: &str, reps: usize, device: &Device, mut f: impl FnMut() -> T) 
         ms[ms.len() / 2]
     );
     out
-}
-
-fn peak_rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        })
-        .map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
 fn main() -> anyhow::Result<()> {

@@ -489,9 +489,12 @@ impl ElementImpl for Sam2Refiner {
                 "Filter/Effect/Video",
                 "Segments and tracks objects from clicks, boxes or masks (SAM 2, on the GPU or the CPU) and outputs their mattes: \
                  as Sam2MaskMeta metadata, in the alpha channel, as a preview overlay or as a GRAY8 matte stream. Prompts come from \
-                 the sam2-prompt event (upstream from the application, or serialized downstream), window clicks (navigation events), \
-                 action signals (add-point, add-box, prompt, remove-object, clear-object, reset) and the prompts timeline file; \
-                 each is acknowledged by a sam2-prompt-ack element message.",
+                 the sam2-prompt event (upstream from the application, or serialized downstream; fields action, object, points, \
+                 labels, box, mask, normalized, pts), window clicks (navigation events), the prompts timeline file, and the action \
+                 signals add-point(object, x, y, positive), add-box(object, x0, y0, x1, y1), prompt(\"sam2-prompt, ...\" as a \
+                 string), remove-object(object), clear-object(object) and reset(), in input pixels, for the next frame; each \
+                 returns whether the prompt reached the model, and each prompt is acknowledged by a sam2-prompt-ack element \
+                 message (source, object, accepted, outcome or reason).",
                 "sam2refiner developers",
             )
         });

@@ -10,7 +10,7 @@
 //!
 //! | field     | type                      | meaning                                             |
 //! |-----------|---------------------------|-----------------------------------------------------|
-//! | `frame`   | `guint64`                 | the element's frame counter (0 for its first frame) |
+//! | `frame`   | `guint64`                 | the frame's number: stream time × frame rate (else frames counted since the start or the last flush) |
 //! | `objects` | `GstValueArray` of `GstStructure` | one entry per object                        |
 //!
 //! Each entry of `objects` is a structure named `object` with:
