@@ -41,10 +41,11 @@ pub struct PromptMask {
     pub data: Vec<u8>,
 }
 
+/// `{"prompts": [...]}`, the file around the entries.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct PromptFile {
-    prompts: Vec<Prompt>,
+struct PromptFile<T> {
+    prompts: Vec<T>,
 }
 
 impl Prompt {
@@ -112,8 +113,16 @@ pub fn read_prompt_file(path: &Path) -> Result<Vec<Prompt>> {
 
 /// Parses the JSON prompt schema.
 pub fn parse_prompts(text: &str) -> std::result::Result<Vec<Prompt>, String> {
+    parse_entries(text)
+}
+
+/// Parses `{"prompts": [...]}` with entries of type `T` (the schema, or a variant of it such as
+/// the element's timeline); errors name the entry and the field.
+pub(crate) fn parse_entries<T: serde::de::DeserializeOwned>(
+    text: &str,
+) -> std::result::Result<Vec<T>, String> {
     let de = &mut serde_json::Deserializer::from_str(text);
-    let file: PromptFile = serde_path_to_error::deserialize(de).map_err(|e| {
+    let file: PromptFile<T> = serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
         // `prompts[2].labels` reads better as "prompt 2 (labels)".

@@ -33,12 +33,6 @@ struct Entry {
     bbox: Option<[f32; 4]>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct File {
-    prompts: Vec<Entry>,
-}
-
 /// Where a timeline prompt applies.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) enum Place {
@@ -60,10 +54,7 @@ pub(crate) fn read(path: &Path) -> Result<Vec<TimedPrompt>> {
 }
 
 pub(crate) fn parse(text: &str) -> std::result::Result<Vec<TimedPrompt>, String> {
-    let de = &mut serde_json::Deserializer::from_str(text);
-    let file: File =
-        serde_path_to_error::deserialize(de).map_err(|e| format!("{}: {}", e.path(), e.inner()))?;
-    file.prompts
+    crate::prompt::parse_entries::<Entry>(text)?
         .into_iter()
         .enumerate()
         .map(|(i, e)| {
