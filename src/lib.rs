@@ -3,7 +3,9 @@
 //! The crate is both a library and the GStreamer plugin `sam2refiner`:
 //! - [`model`]: SAM 2 / SAM 2.1, numerically faithful to the official implementation, loading
 //!   official checkpoints as they are;
-//! - [`image`]: reading and writing the images the command-line tool uses.
+//! - [`tracker`]: the streaming tracker, endless streams in constant memory;
+//! - [`element`]: the GStreamer element `sam2refiner` (no GStreamer anywhere else);
+//! - [`prompt`]: the prompt schema every door shares; [`image`]: the images the CLI reads.
 
 pub mod device;
 pub mod element;

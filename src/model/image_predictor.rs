@@ -26,7 +26,7 @@ pub struct ImagePrompt {
 pub struct ImagePrediction {
     /// Mask logits at the original image size, [K, H, W] (K = 3 with multimask, else 1).
     pub masks: Tensor,
-    /// Predicted IoU, [K].
+    /// Predicted IoU, `[K]`.
     pub iou: Tensor,
     /// Low-resolution logits clamped to ±32, [K, 4h, 4w]: a mask prompt for a next prediction.
     pub low_res: Tensor,

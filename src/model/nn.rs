@@ -33,7 +33,7 @@ impl Linear {
         &self.weight
     }
 
-    /// [out]
+    /// `[out]`
     pub fn bias(&self) -> &Tensor {
         &self.bias
     }

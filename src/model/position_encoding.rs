@@ -160,7 +160,7 @@ pub fn axial_rope_tables(
     Ok((cos, sin))
 }
 
-/// `get_1d_sine_pe(pos / max, dim)`: [N] positions -> [N, dim], sin block then cos block.
+/// `get_1d_sine_pe(pos / max, dim)`: `[N]` positions -> `[N, dim]`, sin block then cos block.
 pub fn sine_pe_1d(
     positions: &[f32],
     dim: usize,
