@@ -257,3 +257,24 @@ fn prompts_before_the_element_runs_are_refused() {
     assert_eq!(acks.len(), 1);
     assert!(!acks[0].1 && acks[0].2.contains("not running"), "{acks:?}");
 }
+
+#[test]
+fn prompts_before_the_first_caps_wait_for_the_first_frame() {
+    let e = element(&[]);
+    let bus = gst::Bus::new();
+    e.set_bus(Some(&bus));
+    let mut h = gst_check::Harness::with_element(&e, Some("sink"), Some("src"));
+    h.play();
+    // Running, but no caps yet: the frame size is unknown.
+    assert!(e.emit_by_name::<bool>("add-point", &[&1u32, &20.0f64, &24.0f64, &true]));
+    h.set_src_caps_str(RGBA_CAPS);
+    let out = push_pull(&mut h, 0);
+    let expected = reference_run(vec![
+        Step::Prompt(click_prompt(0, 1, &[[20.0, 24.0]], &[1], None)),
+        Step::Frame(0),
+    ]);
+    assert_frames(&[out], &expected);
+    let acks = acks(&drain(&bus));
+    assert_eq!(acks.len(), 1, "{acks:?}");
+    assert!(acks[0].1, "{acks:?}");
+}

@@ -369,3 +369,23 @@ fn model_files_that_cannot_load_fail_the_start_naming_the_file() {
     );
     fine.set_state(gst::State::Null).unwrap();
 }
+
+#[test]
+fn frame_numbers_follow_whole_nanosecond_timestamps() {
+    // At 30 fps frame n starts at floor(n / 30 s) in whole ns (33333333 ns for frame 1): the meta
+    // and the timeline still number it n.
+    let e = element(&[]);
+    let (mut h, _bus) = harness(
+        &e,
+        "video/x-raw,format=RGBA,width=64,height=48,framerate=30/1",
+        None,
+    );
+    for n in 0..4u64 {
+        let mut b = buffer(rgba_frame(n as usize), 0);
+        b.get_mut()
+            .unwrap()
+            .set_pts(gst::ClockTime::from_nseconds(n * 1_000_000_000 / 30));
+        h.push(b).unwrap();
+        assert_eq!(meta::read(&h.pull().unwrap()).unwrap().0, n);
+    }
+}

@@ -133,6 +133,7 @@ impl Worker {
             last,
             clicks: HashMap::new(),
             timeline_waiting,
+            before_caps: Vec::new(),
             seeked: false,
             out: outputs_tx.clone(),
             max_latency: max_latency.clone(),
@@ -218,6 +219,8 @@ struct WorkerState {
     clicks: HashMap<u32, Clicks>,
     /// The timeline's prompts not applied yet.
     timeline_waiting: Vec<TimedPrompt>,
+    /// Prompts that came before the first caps, for the first frame.
+    before_caps: Vec<(PromptAction, &'static str)>,
     /// A flush came: the next frame may lie anywhere in the stream (a seek), and the timeline's
     /// prompts placed before it do not apply to it.
     seeked: bool,
@@ -260,6 +263,9 @@ impl WorkerState {
                     }
                 }
                 let _ = self.out.send(Output::Event(gst::event::Caps::new(&caps)));
+                for (action, source) in std::mem::take(&mut self.before_caps) {
+                    self.prompt(action, source);
+                }
             }
             Job::Frame { buffer, track } => {
                 if let Err(e) = self.frame(buffer, track) {
@@ -295,6 +301,7 @@ impl WorkerState {
         self.next_id = 0;
         self.recent.clear();
         self.last = Mattes::none(self.settings.mode);
+        self.before_caps.clear();
         self.clicks.clear();
     }
 
@@ -338,8 +345,9 @@ impl WorkerState {
         Ok(())
     }
 
-    /// The timeline's frame number of a buffer: its stream time times the frame rate when both
-    /// are known (right across seeks), else the count of frames seen.
+    /// The timeline's frame number of a buffer: its stream time times the frame rate, rounded to
+    /// the nearest (timestamps are whole nanoseconds: frame 1 at 30 fps starts at 33333333 ns),
+    /// when both are known (right across seeks); else the count of frames seen.
     fn frame_number(&self, buffer: &gst::Buffer) -> u64 {
         let fps = self.renderer.as_ref().map(|r| r.input_info().fps());
         match (
@@ -349,8 +357,8 @@ impl WorkerState {
             fps,
         ) {
             (Some(t), Some(fps)) if fps.numer() > 0 && fps.denom() > 0 => {
-                (t.nseconds() as u128 * fps.numer() as u128 / (fps.denom() as u128 * 1_000_000_000))
-                    as u64
+                let per_frame = fps.denom() as u128 * 1_000_000_000;
+                ((t.nseconds() as u128 * fps.numer() as u128 + per_frame / 2) / per_frame) as u64
             }
             _ => self.frame_count,
         }
@@ -507,11 +515,9 @@ impl WorkerState {
             }
             PromptAction::Add(spec) => {
                 let Some(renderer) = &self.renderer else {
-                    return self.ack(
-                        Some(spec.object),
-                        source,
-                        Err("no frame yet: the prompt has no frame to apply to".into()),
-                    );
+                    // Before the caps the frame size is unknown: the prompt waits for them.
+                    self.before_caps.push((PromptAction::Add(spec), source));
+                    return;
                 };
                 let size = (
                     renderer.input_info().width() as usize,
