@@ -8,7 +8,7 @@ use candle_core::{D, DType, Module, Result, Tensor, bail};
 use candle_nn::VarBuilder;
 
 use super::kernels::{
-    DepthwiseConv2d, Epilogue, FusedAttention, FusedLinear, GeluErf, LayerNormChannels,
+    DepthwiseConv2d, Epilogue, FusedAttention, FusedLinear, FusedMlp, GeluErf, LayerNormChannels,
     LayerNormLastDim,
 };
 
@@ -232,6 +232,33 @@ impl Module for Mlp {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let _enter = self.span.enter();
         let mut x = x.clone();
+        if let [fc1, fc2] = self.layers.as_slice()
+            && x.device().is_cpu()
+            && x.dtype() == DType::F32
+        {
+            // One pass a block of rows at a time: the hidden layer never leaves the cache.
+            let dims = x.dims().to_vec();
+            let rows = x.elem_count() / dims.last().copied().unwrap_or(1).max(1);
+            let op = FusedMlp {
+                fc1: (&fc1.weight, &fc1.bias),
+                fc2: (&fc2.weight, &fc2.bias),
+                activation: match self.activation {
+                    Activation::Relu => Epilogue::Relu,
+                    Activation::Gelu => Epilogue::Gelu,
+                },
+            };
+            let y = x
+                .reshape((rows, dims[dims.len() - 1]))?
+                .contiguous()?
+                .apply_op1_no_bwd(&op)?;
+            let mut out_dims = dims;
+            *out_dims.last_mut().unwrap() = fc2.weight.dim(0)?;
+            x = y.reshape(out_dims)?;
+            if self.sigmoid_output {
+                x = candle_nn::ops::sigmoid(&x)?;
+            }
+            return Ok(x);
+        }
         for (i, layer) in self.layers.iter().enumerate() {
             let hidden = i + 1 < self.layers.len();
             x = layer.forward_activated(&x, hidden.then_some(self.activation))?;

@@ -1,5 +1,6 @@
 //! CPU kernels for the operations where candle's generic path is slow or imprecise: fused
-//! attention (and Hiera's windowed attention), linear layers, LayerNorm, GELU and depthwise convolution, on contiguous f32 tensors.
+//! attention (and Hiera's windowed attention), linear layers and two-layer MLPs, LayerNorm, GELU
+//! and depthwise convolution, on contiguous f32 tensors.
 //!
 //! The callers in `nn.rs` use them on the CPU for f32 and fall back to plain tensor arithmetic
 //! for other dtypes and devices, so these are fast paths, never the only path.
@@ -7,12 +8,14 @@
 mod attention;
 mod linear;
 mod matmul;
+mod mlp;
 mod ops;
 mod simd;
 mod window_attention;
 
 pub(crate) use attention::FusedAttention;
 pub(crate) use linear::{Epilogue, FusedLinear};
+pub(crate) use mlp::FusedMlp;
 pub(crate) use ops::{DepthwiseConv2d, GeluErf, LayerNormChannels, LayerNormLastDim};
 pub(crate) use window_attention::WindowAttention;
 
