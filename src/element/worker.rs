@@ -149,9 +149,25 @@ impl Worker {
                     if matches!(job, Job::Stop) {
                         break;
                     }
-                    state.handle(job);
+                    // A panic here (a bug) must not leave the pipeline waiting on a dead thread:
+                    // it becomes the element's error, and the worker stops.
+                    let handled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        state.handle(job)
+                    }));
                     if frame {
                         in_flight.fetch_sub(1, Ordering::SeqCst);
+                    }
+                    if let Err(panic) = handled {
+                        let what = panic
+                            .downcast_ref::<&str>()
+                            .map(|s| s.to_string())
+                            .or_else(|| panic.downcast_ref::<String>().cloned())
+                            .unwrap_or_else(|| "unknown panic".into());
+                        state.fail(gst::error_msg!(
+                            gst::LibraryError::Failed,
+                            ("Internal error in the model thread: {what}")
+                        ));
+                        break;
                     }
                 }
             })?;
