@@ -7,7 +7,7 @@ use candle_nn::VarBuilder;
 use crate::model::config::{
     CxBlockConfig, FuserConfig, MaskDownSamplerConfig, MemoryEncoderConfig,
 };
-use crate::model::nn::{Conv2d, LayerNorm2d, Linear, gelu};
+use crate::model::nn::{Activation, Conv2d, LayerNorm2d, Linear, gelu, mlp2};
 use crate::model::position_encoding::PositionEmbeddingSine;
 
 /// `MaskDownSampler`: (conv, LayerNorm2d, GELU) × log_stride(total_stride), then a 1×1 conv.
@@ -110,7 +110,7 @@ impl Module for CxBlock {
         let _enter = self.span.enter();
         let x = self.norm.forward(&self.dwconv.forward(input)?)?;
         let x = x.permute((0, 2, 3, 1))?;
-        let x = self.pwconv2.forward(&gelu(&self.pwconv1.forward(&x)?)?)?;
+        let x = mlp2(&x, &self.pwconv1, &self.pwconv2, Activation::Gelu)?;
         let x = match &self.gamma {
             Some(g) => x.broadcast_mul(g)?,
             None => x,

@@ -232,42 +232,44 @@ impl Module for Mlp {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let _enter = self.span.enter();
         let mut x = x.clone();
-        if let [fc1, fc2] = self.layers.as_slice()
-            && x.device().is_cpu()
-            && x.dtype() == DType::F32
-        {
-            // One pass a block of rows at a time: the hidden layer never leaves the cache.
-            let dims = x.dims().to_vec();
-            let rows = x.elem_count() / dims.last().copied().unwrap_or(1).max(1);
-            let op = FusedMlp {
-                fc1: (&fc1.weight, &fc1.bias),
-                fc2: (&fc2.weight, &fc2.bias),
-                activation: match self.activation {
-                    Activation::Relu => Epilogue::Relu,
-                    Activation::Gelu => Epilogue::Gelu,
-                },
-            };
-            let y = x
-                .reshape((rows, dims[dims.len() - 1]))?
-                .contiguous()?
-                .apply_op1_no_bwd(&op)?;
-            let mut out_dims = dims;
-            *out_dims.last_mut().unwrap() = fc2.weight.dim(0)?;
-            x = y.reshape(out_dims)?;
-            if self.sigmoid_output {
-                x = candle_nn::ops::sigmoid(&x)?;
+        if let [fc1, fc2] = self.layers.as_slice() {
+            x = mlp2(&x, fc1, fc2, self.activation)?;
+        } else {
+            for (i, layer) in self.layers.iter().enumerate() {
+                let hidden = i + 1 < self.layers.len();
+                x = layer.forward_activated(&x, hidden.then_some(self.activation))?;
             }
-            return Ok(x);
-        }
-        for (i, layer) in self.layers.iter().enumerate() {
-            let hidden = i + 1 < self.layers.len();
-            x = layer.forward_activated(&x, hidden.then_some(self.activation))?;
         }
         if self.sigmoid_output {
             x = candle_nn::ops::sigmoid(&x)?;
         }
         Ok(x)
     }
+}
+
+/// `fc2(activation(fc1(x)))` over the last dimension. On the CPU in f32 it runs a block of rows
+/// at a time, so the 4×-wide hidden layer never leaves the cache.
+pub fn mlp2(x: &Tensor, fc1: &Linear, fc2: &Linear, activation: Activation) -> Result<Tensor> {
+    if !(x.device().is_cpu() && x.dtype() == DType::F32) {
+        return fc2.forward(&fc1.forward_activated(x, Some(activation))?);
+    }
+    let dims = x.dims().to_vec();
+    let in_dim = dims.last().copied().unwrap_or(1).max(1);
+    let op = FusedMlp {
+        fc1: (&fc1.weight, &fc1.bias),
+        fc2: (&fc2.weight, &fc2.bias),
+        activation: match activation {
+            Activation::Relu => Epilogue::Relu,
+            Activation::Gelu => Epilogue::Gelu,
+        },
+    };
+    let y = x
+        .reshape((x.elem_count() / in_dim, in_dim))?
+        .contiguous()?
+        .apply_op1_no_bwd(&op)?;
+    let mut out_dims = dims;
+    *out_dims.last_mut().unwrap() = fc2.weight.dim(0)?;
+    y.reshape(out_dims)
 }
 
 /// `nn.Conv2d`, NCHW, with fast paths for the shapes SAM 2 uses: 1×1 convolutions and
