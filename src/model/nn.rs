@@ -49,15 +49,12 @@ impl Linear {
         let rows = x.elem_count() / in_dim.max(1);
         let x2 = x.reshape((rows, in_dim))?;
         let y = if x.device().is_cpu() && x.dtype() == DType::F32 {
-            let epilogue = match activation {
-                None => Epilogue::None,
-                Some(Activation::Relu) => Epilogue::Relu,
-                Some(Activation::Gelu) => Epilogue::Gelu,
-            };
             x2.contiguous()?.apply_op3_no_bwd(
                 &self.weight,
                 &self.bias,
-                &FusedLinear { epilogue },
+                &FusedLinear {
+                    epilogue: Activation::epilogue(activation),
+                },
             )?
         } else {
             let y = x2.matmul(&self.weight.t()?)?.broadcast_add(&self.bias)?;
@@ -160,6 +157,15 @@ pub enum Activation {
 }
 
 impl Activation {
+    /// The CPU kernels' in-place form of an optional activation.
+    fn epilogue(activation: Option<Self>) -> Epilogue {
+        match activation {
+            None => Epilogue::None,
+            Some(Activation::Relu) => Epilogue::Relu,
+            Some(Activation::Gelu) => Epilogue::Gelu,
+        }
+    }
+
     pub fn from_name(name: &str) -> Result<Self> {
         match name {
             "relu" => Ok(Self::Relu),
@@ -258,10 +264,7 @@ pub fn mlp2(x: &Tensor, fc1: &Linear, fc2: &Linear, activation: Activation) -> R
     let op = FusedMlp {
         fc1: (&fc1.weight, &fc1.bias),
         fc2: (&fc2.weight, &fc2.bias),
-        activation: match activation {
-            Activation::Relu => Epilogue::Relu,
-            Activation::Gelu => Epilogue::Gelu,
-        },
+        activation: Activation::epilogue(Some(activation)),
     };
     let y = x
         .reshape((x.elem_count() / in_dim, in_dim))?

@@ -15,6 +15,17 @@ pub(crate) enum Epilogue {
     Gelu,
 }
 
+impl Epilogue {
+    /// Applies the activation in place.
+    pub fn apply(self, values: &mut [f32]) {
+        match self {
+            Epilogue::None => {}
+            Epilogue::Relu => simd::relu(values),
+            Epilogue::Gelu => simd::gelu_erf(values),
+        }
+    }
+}
+
 /// x [rows, in] (contiguous), weight [out, in], bias [out] -> x · weightᵀ + bias, then the epilogue.
 pub(crate) struct FusedLinear {
     pub epilogue: Epilogue,
@@ -62,10 +73,9 @@ impl CustomOp3 for FusedLinear {
             true,
             true,
         );
-        match self.epilogue {
-            Epilogue::None => {}
-            Epilogue::Relu => out.par_chunks_mut(1 << 14).for_each(simd::relu),
-            Epilogue::Gelu => out.par_chunks_mut(1 << 14).for_each(simd::gelu_erf),
+        if self.epilogue != Epilogue::None {
+            out.par_chunks_mut(1 << 14)
+                .for_each(|chunk| self.epilogue.apply(chunk));
         }
         Ok((CpuStorage::F32(out), Shape::from((rows, out_dim))))
     }

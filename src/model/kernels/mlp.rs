@@ -6,9 +6,9 @@
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Storage, Tensor, bail};
 use rayon::prelude::*;
 
+use super::contiguous_f32;
 use super::linear::Epilogue;
 use super::matmul::{MatRef, matmul};
-use super::{contiguous_f32, simd};
 
 /// About this many hidden values per block (4 MiB of f32), and at least `MIN_BLOCK_ROWS` rows,
 /// so the weights are not packed again for too few rows.
@@ -23,13 +23,12 @@ pub(crate) struct FusedMlp<'a> {
     pub activation: Epilogue,
 }
 
-/// Runs `f` on the contiguous f32 data of a CPU tensor.
-fn with_f32<T>(t: &Tensor, what: &str, f: impl FnOnce(&[f32]) -> Result<T>) -> Result<T> {
-    let (storage, layout) = t.storage_and_layout();
-    let Storage::Cpu(cpu) = &*storage else {
+/// The contiguous f32 data of a CPU tensor's storage.
+fn cpu_f32<'a>(storage: &'a Storage, layout: &Layout, what: &str) -> Result<&'a [f32]> {
+    let Storage::Cpu(cpu) = storage else {
         bail!("{what}: a CPU tensor expected");
     };
-    f(contiguous_f32(cpu, layout, what)?)
+    contiguous_f32(cpu, layout, what)
 }
 
 impl CustomOp1 for FusedMlp<'_> {
@@ -57,59 +56,62 @@ impl CustomOp1 for FusedMlp<'_> {
         let block = (BLOCK_HIDDEN_VALUES / hidden)
             .max(MIN_BLOCK_ROWS)
             .min(rows.max(1));
+        let (w1, w1_layout) = self.fc1.0.storage_and_layout();
+        let (b1, b1_layout) = self.fc1.1.storage_and_layout();
+        let (w2, w2_layout) = self.fc2.0.storage_and_layout();
+        let (b2, b2_layout) = self.fc2.1.storage_and_layout();
+        let w1 = MatRef::rows(
+            cpu_f32(&w1, w1_layout, "fc1 weight")?,
+            hidden,
+            in_dim,
+            in_dim,
+        )
+        .t();
+        let b1 = cpu_f32(&b1, b1_layout, "fc1 bias")?;
+        let w2 = MatRef::rows(
+            cpu_f32(&w2, w2_layout, "fc2 weight")?,
+            out_dim,
+            hidden,
+            hidden,
+        )
+        .t();
+        let b2 = cpu_f32(&b2, b2_layout, "fc2 bias")?;
         let mut out = vec![0f32; rows * out_dim];
-        with_f32(self.fc1.0, "fc1 weight", |w1| {
-            with_f32(self.fc1.1, "fc1 bias", |b1| {
-                with_f32(self.fc2.0, "fc2 weight", |w2| {
-                    with_f32(self.fc2.1, "fc2 bias", |b2| {
-                        let (w1, w2) = (
-                            MatRef::rows(w1, hidden, in_dim, in_dim).t(),
-                            MatRef::rows(w2, out_dim, hidden, hidden).t(),
-                        );
-                        out.par_chunks_mut(block * out_dim)
-                            .enumerate()
-                            .for_each_init(
-                                || vec![0f32; block * hidden],
-                                |h, (i, dst)| {
-                                    let n = dst.len() / out_dim;
-                                    let src = &x[i * block * in_dim..(i * block + n) * in_dim];
-                                    let h = &mut h[..n * hidden];
-                                    for row in h.chunks_mut(hidden) {
-                                        row.copy_from_slice(b1);
-                                    }
-                                    matmul(
-                                        h,
-                                        hidden,
-                                        MatRef::rows(src, n, in_dim, in_dim),
-                                        w1,
-                                        1.0,
-                                        true,
-                                        false,
-                                    );
-                                    match self.activation {
-                                        Epilogue::None => {}
-                                        Epilogue::Relu => simd::relu(h),
-                                        Epilogue::Gelu => simd::gelu_erf(h),
-                                    }
-                                    for row in dst.chunks_mut(out_dim) {
-                                        row.copy_from_slice(b2);
-                                    }
-                                    matmul(
-                                        dst,
-                                        out_dim,
-                                        MatRef::rows(h, n, hidden, hidden),
-                                        w2,
-                                        1.0,
-                                        true,
-                                        false,
-                                    );
-                                },
-                            );
-                        Ok(())
-                    })
-                })
-            })
-        })?;
+        out.par_chunks_mut(block * out_dim)
+            .enumerate()
+            .for_each_init(
+                || vec![0f32; block * hidden],
+                |h, (i, dst)| {
+                    let n = dst.len() / out_dim;
+                    let src = &x[i * block * in_dim..(i * block + n) * in_dim];
+                    let h = &mut h[..n * hidden];
+                    for row in h.chunks_mut(hidden) {
+                        row.copy_from_slice(b1);
+                    }
+                    matmul(
+                        h,
+                        hidden,
+                        MatRef::rows(src, n, in_dim, in_dim),
+                        w1,
+                        1.0,
+                        true,
+                        false,
+                    );
+                    self.activation.apply(h);
+                    for row in dst.chunks_mut(out_dim) {
+                        row.copy_from_slice(b2);
+                    }
+                    matmul(
+                        dst,
+                        out_dim,
+                        MatRef::rows(h, n, hidden, hidden),
+                        w2,
+                        1.0,
+                        true,
+                        false,
+                    );
+                },
+            );
         Ok((CpuStorage::F32(out), Shape::from((rows, out_dim))))
     }
 }
