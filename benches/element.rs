@@ -46,9 +46,8 @@ fn main() -> anyhow::Result<()> {
         "random-{}.safetensors",
         config_name.replace(['/', '.'], "_")
     ));
-    if !weights.is_file() {
-        WeightFile::random(&config, 0)?.save_safetensors(&weights, DType::F32)?;
-    }
+    // Written afresh each run: a file left by an earlier version of the same config would not fit.
+    WeightFile::random(&config, 0)?.save_safetensors(&weights, DType::F32)?;
     // One click per object on frame 0, spread along the middle row.
     let clicks: Vec<String> = (0..objects)
         .map(|o| {

@@ -7,8 +7,7 @@
 //! cargo run --release --example embed_app -- --config sam2.1_hiera_t --weights sam2.1_hiera_tiny.pt \
 //!     --uri file:///path/to/clip.mp4
 //! ```
-//! Without `--weights` it runs the small random-weights model of the test fixtures on a test
-//! pattern: the masks are then meaningless, but every step of the integration is exercised.
+//! Without `--weights` it runs the built-in nano model (`sam2.1_nano`) on `videotestsrc`'s ball.
 //!
 //! The prompts use the two doors an application has: the `add-point` action signal, and the
 //! `sam2-prompt` event sent upstream from the appsink (a plain `GstStructure`, so the same works
@@ -22,8 +21,6 @@ use anyhow::{Context, Result, bail};
 use gst::prelude::*;
 use gstsam2refiner::element::meta;
 
-const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/t256");
-
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let arg = |name: &str| {
@@ -31,12 +28,13 @@ fn main() -> Result<()> {
             .position(|a| a == name)
             .and_then(|i| args.get(i + 1).cloned())
     };
-    let (config, weights) = match (arg("--config"), arg("--weights")) {
-        (config, Some(weights)) => (config.unwrap_or_else(|| "sam2.1_hiera_t".into()), weights),
-        (None, None) => (
-            format!("{FIXTURE}/config.yaml"),
-            format!("{FIXTURE}/weights.pt"),
+    // Unset properties keep the element's defaults: the built-in nano model.
+    let model = match (arg("--config"), arg("--weights")) {
+        (config, Some(weights)) => format!(
+            "config=\"{}\" weights=\"{weights}\"",
+            config.as_deref().unwrap_or("sam2.1_hiera_t")
         ),
+        (None, None) => String::new(),
         (Some(_), None) => bail!("--config needs --weights"),
     };
     let source = match arg("--uri") {
@@ -50,7 +48,7 @@ fn main() -> Result<()> {
 
     let pipeline = gst::parse::launch(&format!(
         "{source} ! video/x-raw,width=320,height=240 \
-         ! sam2refiner name=refiner config=\"{config}\" weights=\"{weights}\" output=meta \
+         ! sam2refiner name=refiner {model} output=meta \
          ! appsink name=out sync=false"
     ))?
     .downcast::<gst::Pipeline>()

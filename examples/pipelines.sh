@@ -3,8 +3,7 @@
 #
 #   examples/pipelines.sh meta|alpha|overlay|mask|keying|alphacombine|click|live
 #
-# CONFIG and WEIGHTS choose the model (default: the small random-weights test model, with which
-# every pipeline runs but the mattes mean nothing); INPUT a video file instead of a test pattern;
+# CONFIG and WEIGHTS choose the model (default: the built-in nano model, sam2.1_nano); INPUT a video file instead of a test pattern;
 # SINK the video sink (default autovideosink; fakesink runs without a display); BACKGROUND what
 # the keying pipeline keys over (default: 30 frames of colour bars). The plugin is
 # looked up in target/release unless GST_PLUGIN_PATH says otherwise (cargo build --release first).
@@ -13,11 +12,10 @@
 set -eu
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 export GST_PLUGIN_PATH="${GST_PLUGIN_PATH:-$ROOT/target/release}"
-CONFIG="${CONFIG:-$ROOT/tests/fixtures/t256/config.yaml}"
-WEIGHTS="${WEIGHTS:-$ROOT/tests/fixtures/t256/weights.pt}"
+CONFIG="${CONFIG:-sam2.1_nano}"
 SINK="${SINK:-autovideosink}"
 PROMPTS="$ROOT/examples/prompts.json"   # a box around the middle of a 640x360 frame
-MODEL="config=$CONFIG weights=$WEIGHTS"
+MODEL="config=$CONFIG${WEIGHTS:+ weights=$WEIGHTS}"
 SIZE="video/x-raw,width=640,height=360"
 if [ -n "${INPUT:-}" ]; then
   SOURCE="filesrc location=$INPUT ! decodebin ! videoconvert ! videoscale ! $SIZE"

@@ -342,10 +342,12 @@ fn model_files_that_cannot_load_fail_the_start_naming_the_file() {
         error.contains(&timeline) && error.contains("colour"),
         "{error}"
     );
-    // The weights property unset.
+    // An official config with the weights property unset: only the nano preset has weights built
+    // in, and the element says so.
     init();
     let e = gst::ElementFactory::make("sam2refiner")
         .property("device", "cpu")
+        .property("config", "sam2.1_hiera_t")
         .build()
         .unwrap();
     let bus = gst::Bus::new();
@@ -356,18 +358,24 @@ fn model_files_that_cannot_load_fail_the_start_naming_the_file() {
         unreachable!()
     };
     assert!(
-        err.error().to_string().contains("weights property"),
+        err.error().to_string().contains("no weights given"),
         "{}",
         err.error()
     );
-    // Once the files are right, the same element starts.
+    // Once the files are right, the same element starts; and with nothing set, on the built-in
+    // nano model.
     e.set_state(gst::State::Null).unwrap();
-    let fine = element(&[]);
-    assert_eq!(
-        fine.set_state(gst::State::Paused),
-        Ok(gst::StateChangeSuccess::Success)
-    );
-    fine.set_state(gst::State::Null).unwrap();
+    let defaults = gst::ElementFactory::make("sam2refiner")
+        .property("device", "cpu")
+        .build()
+        .unwrap();
+    for fine in [element(&[]), defaults] {
+        assert_eq!(
+            fine.set_state(gst::State::Paused),
+            Ok(gst::StateChangeSuccess::Success)
+        );
+        fine.set_state(gst::State::Null).unwrap();
+    }
 }
 
 #[test]

@@ -15,7 +15,8 @@ use super::render::{INPUT_FORMATS, output_formats};
 use super::worker::{Job, Output, Worker, WorkerSettings};
 use super::{OutputMode, SkipPolicy, timeline};
 use crate::device::select_device;
-use crate::model::{BuildMode, Sam2Config, load_model};
+use crate::model::weights::build_model;
+use crate::model::{BuildMode, Sam2Config, nano};
 use crate::tracker::{FrameResize, Tracker, TrackerOptions};
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
@@ -26,7 +27,7 @@ static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     )
 });
 
-const DEFAULT_CONFIG: &str = "sam2.1_hiera_t";
+const DEFAULT_CONFIG: &str = nano::PRESET;
 const DEFAULT_DEVICE: &str = "auto";
 const DEFAULT_OUTPUT: OutputMode = OutputMode::Meta;
 const DEFAULT_SOFTNESS: f64 = 1.0;
@@ -176,13 +177,13 @@ impl ObjectImpl for Sam2Refiner {
             vec![
                 glib::ParamSpecString::builder("config")
                     .nick("Config")
-                    .blurb("SAM 2 config: an official Hydra YAML file, or a preset (sam2.1_hiera_t, sam2.1_hiera_s, sam2.1_hiera_b+, sam2.1_hiera_l, sam2_hiera_t, ...)")
+                    .blurb("SAM 2 config: an official Hydra YAML file, or a preset: sam2.1_nano (ours, weights built in), sam2.1_hiera_t, sam2.1_hiera_s, sam2.1_hiera_b+, sam2.1_hiera_l, sam2_hiera_t, ...")
                     .default_value(Some(DEFAULT_CONFIG))
                     .mutable_ready()
                     .build(),
                 glib::ParamSpecString::builder("weights")
                     .nick("Weights")
-                    .blurb("Model weights: an official .pt checkpoint or a .safetensors file with the same keys (required)")
+                    .blurb("Model weights: an official .pt checkpoint or a .safetensors file with the same keys; unset: the built-in weights of sam2.1_nano (the only config that has them)")
                     .mutable_ready()
                     .build(),
                 glib::ParamSpecString::builder("device")
@@ -570,25 +571,21 @@ impl Sam2Refiner {
     /// Loads the model and starts the worker and the source pad's task (READY→PAUSED).
     fn start(&self) -> Result<(), gst::ErrorMessage> {
         let settings = lock(&self.settings).clone();
-        let Some(weights) = settings.weights.clone() else {
-            return Err(gst::error_msg!(
-                gst::ResourceError::NotFound,
-                ("No model weights: set the weights property (an official .pt checkpoint or .safetensors)")
-            ));
-        };
         let mut config = Sam2Config::load(&settings.config)
             .map_err(|e| gst::error_msg!(gst::LibraryError::Settings, ("{e}")))?;
         config.apply_build_overrides(BuildMode::Video);
         let device = select_device(&settings.device)
             .map_err(|e| gst::error_msg!(gst::LibraryError::Settings, ("{e}")))?;
-        let model = load_model(&config, &weights, DType::F32, &device).map_err(|e| {
-            let kind = if weights.is_file() {
-                gst::ResourceError::OpenRead
-            } else {
-                gst::ResourceError::NotFound
-            };
-            gst::error_msg!(kind, ("{e}"))
-        })?;
+        let weights = settings.weights.as_deref();
+        let model = nano::weights_for(&settings.config, weights)
+            .and_then(|file| build_model(&config, file, DType::F32, &device))
+            .map_err(|e| {
+                let kind = match weights {
+                    Some(path) if path.is_file() => gst::ResourceError::OpenRead,
+                    _ => gst::ResourceError::NotFound,
+                };
+                gst::error_msg!(kind, ("{e}"))
+            })?;
         let timeline = match &settings.prompts {
             Some(path) => timeline::read(path)
                 .map_err(|e| gst::error_msg!(gst::ResourceError::Read, ("{e}")))?,
@@ -599,7 +596,7 @@ impl Sam2Refiner {
             imp = self,
             "model {} from {} on {}",
             settings.config,
-            weights.display(),
+            weights.map_or(nano::BUILT_IN_WEIGHTS.into(), |w| w.display().to_string()),
             crate::device::describe(&device)
         );
         let mut options = TrackerOptions::for_config(&config);

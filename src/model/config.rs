@@ -13,7 +13,7 @@ use serde_norway::Value;
 
 use crate::error::{Error, Result};
 
-/// The official configs, verbatim from the `sam2` 1.1.0 package (Apache 2.0).
+/// The official configs, verbatim from the `sam2` 1.1.0 package (Apache 2.0), and our nano.
 const PRESETS: &[(&str, &str)] = &[
     (
         "sam2.1_hiera_t",
@@ -35,6 +35,11 @@ const PRESETS: &[(&str, &str)] = &[
     ("sam2_hiera_s", include_str!("configs/sam2_hiera_s.yaml")),
     ("sam2_hiera_b+", include_str!("configs/sam2_hiera_b+.yaml")),
     ("sam2_hiera_l", include_str!("configs/sam2_hiera_l.yaml")),
+    // Ours: trained in `models/nano`, with its weights built in (see `model::nano`).
+    (
+        crate::model::nano::PRESET,
+        include_str!("../../models/nano/config.yaml"),
+    ),
 ];
 
 /// Other spellings of the presets: the official checkpoint file stems and the Hugging Face ids.
@@ -51,6 +56,12 @@ pub fn preset_names() -> impl Iterator<Item = &'static str> {
     PRESETS.iter().map(|(name, _)| *name)
 }
 
+/// Whether `name` (as a user spells it) is the preset `preset`.
+pub fn is_preset(name: &str, preset: &str) -> bool {
+    !Path::new(name).is_file()
+        && find_preset(name).is_some_and(|(canonical, _)| canonical == preset)
+}
+
 fn find_preset(name: &str) -> Option<(&'static str, &'static str)> {
     // Accept "configs/sam2.1/sam2.1_hiera_t.yaml" (the official Hydra name), "sam2.1_hiera_t.yaml",
     // "sam2.1_hiera_tiny" (the checkpoint stem) and "facebook/sam2.1-hiera-tiny" (the HF id).
@@ -58,6 +69,9 @@ fn find_preset(name: &str) -> Option<(&'static str, &'static str)> {
     let stem = stem.strip_suffix(".yaml").unwrap_or(stem);
     let stem = stem.strip_suffix(".pt").unwrap_or(stem);
     let stem = stem.replace("-hiera-", "_hiera_");
+    if stem == "nano" {
+        return find_preset(crate::model::nano::PRESET);
+    }
     let canonical = PRESET_ALIASES
         .iter()
         .find_map(|(alias, short)| {
@@ -1278,7 +1292,12 @@ mod tests {
     fn every_preset_parses_and_validates() {
         for name in preset_names() {
             let config = Sam2Config::preset(name).unwrap();
-            assert_eq!(config.image_size, 1024, "{name}");
+            let size = if name == crate::model::nano::PRESET {
+                256
+            } else {
+                1024
+            };
+            assert_eq!(config.image_size, size, "{name}");
             assert_eq!(config.hidden_dim(), 256, "{name}");
             assert_eq!(config.mem_dim(), 64, "{name}");
         }

@@ -11,6 +11,7 @@ pub mod image_predictor;
 mod kernels;
 pub mod memory_attention;
 pub mod memory_encoder;
+pub mod nano;
 pub mod nn;
 pub mod position_encoding;
 pub mod resample;

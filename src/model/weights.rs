@@ -66,6 +66,15 @@ impl WeightFile {
         })
     }
 
+    /// Reads safetensors from memory (built-in weights); `origin` names them in errors.
+    pub fn from_safetensors_bytes(bytes: &[u8], origin: &Path) -> Result<Self> {
+        let tensors = parse_safetensors(bytes).map_err(|reason| Error::weights(origin, reason))?;
+        Ok(Self {
+            path: origin.to_owned(),
+            tensors,
+        })
+    }
+
     /// Seeded random weights for `config` (N(0, 0.02), norms near 1): for benchmarks and tests
     /// that need a model of a real size and no checkpoint.
     pub fn random(config: &Sam2Config, seed: u64) -> Result<Self> {
@@ -125,7 +134,11 @@ impl WeightFile {
 
 fn read_safetensors(path: &Path) -> std::result::Result<HashMap<String, Tensor>, String> {
     let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
-    candle_core::safetensors::load_buffer(&bytes, &Device::Cpu)
+    parse_safetensors(&bytes)
+}
+
+fn parse_safetensors(bytes: &[u8]) -> std::result::Result<HashMap<String, Tensor>, String> {
+    candle_core::safetensors::load_buffer(bytes, &Device::Cpu)
         .map_err(|e| format!("not a valid safetensors file: {e}"))
 }
 

@@ -5,19 +5,16 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use candle_core::{DType, Tensor};
-use gstsam2refiner::device::{check_dtype, select_device};
 use gstsam2refiner::image::RgbImage;
-use gstsam2refiner::model::{BuildMode, ImagePredictor, ImagePrompt, Sam2Config, load_model};
+use gstsam2refiner::model::{BuildMode, ImagePredictor, ImagePrompt};
 use gstsam2refiner::prompt::{read_prompt_file, validate_all};
+
+use crate::model_args::{LoadedModel, ModelArgs};
 
 #[derive(clap::Args)]
 pub struct ImageArgs {
-    /// Official Hydra YAML, or a preset name (sam2.1_hiera_t, sam2.1_hiera_s, ...).
-    #[arg(long)]
-    config: String,
-    /// Official `.pt` checkpoint or `.safetensors` with the same keys.
-    #[arg(long)]
-    weights: PathBuf,
+    #[command(flatten)]
+    model: ModelArgs,
     /// The image (PNG).
     #[arg(long)]
     image: PathBuf,
@@ -27,20 +24,9 @@ pub struct ImageArgs {
     /// Output safetensors: `image/obj{ID}`, f32 [H, W] mask logits at the image's size.
     #[arg(long)]
     out: PathBuf,
-    /// auto, cpu, cuda or cuda:N.
-    #[arg(long, default_value = "auto")]
-    device: String,
-    /// Compute precision: f32 (the parity reference), f16 or bf16.
-    #[arg(long, default_value = "f32")]
-    dtype: String,
 }
 
 pub fn run(args: &ImageArgs) -> Result<()> {
-    let device = select_device(&args.device)?;
-    let dtype: DType = crate::parse_dtype(&args.dtype)?;
-    check_dtype(&device, dtype)?;
-    let mut config = Sam2Config::load(&args.config)?;
-    config.apply_build_overrides(BuildMode::Image);
     let image = RgbImage::read_png(&args.image)?;
     let prompts = read_prompt_file(&args.prompts)?;
     let frame0: Vec<_> = prompts.iter().filter(|p| p.frame == 0).cloned().collect();
@@ -59,7 +45,7 @@ pub fn run(args: &ImageArgs) -> Result<()> {
             );
         }
     }
-    let model = load_model(&config, &args.weights, dtype, &device)?;
+    let LoadedModel { model, device, .. } = args.model.load(BuildMode::Image)?;
     let mut predictor = ImagePredictor::new(&model);
     predictor.set_image(&image.to_tensor(&device)?)?;
     let mut out = HashMap::new();

@@ -1,14 +1,16 @@
 //! `sam2refiner`: the command-line face of the engine.
 //!
 //! ```text
-//! sam2refiner image   --config CONFIG --weights WEIGHTS --image IMAGE.png --prompts PROMPTS.json --out OUT.safetensors
-//! sam2refiner video   --config CONFIG --weights WEIGHTS --frames DIR --prompts PROMPTS.json --out OUT.safetensors
+//! sam2refiner image   [--config CONFIG --weights WEIGHTS] --image IMAGE.png --prompts PROMPTS.json --out OUT.safetensors
+//! sam2refiner video   [--config CONFIG --weights WEIGHTS] --frames DIR --prompts PROMPTS.json --out OUT.safetensors
 //! sam2refiner convert --weights IN.pt --out OUT.safetensors [--dtype f16] [--config CONFIG]
 //! ```
 //! CONFIG is an official Hydra YAML or a preset name (`sam2.1_hiera_t`, ...); WEIGHTS an
-//! official `.pt` checkpoint or a `.safetensors` file with the same keys. Errors are one line.
+//! official `.pt` checkpoint or a `.safetensors` file with the same keys. Without them, the
+//! built-in nano model (`sam2.1_nano`) runs. Errors are one line.
 
 mod image_cmd;
+mod model_args;
 mod video_cmd;
 
 use std::path::PathBuf;

@@ -5,21 +5,17 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use candle_core::DType;
-use gstsam2refiner::device::{check_dtype, select_device};
 use gstsam2refiner::image::RgbImage;
-use gstsam2refiner::model::{BuildMode, Sam2Config, load_model};
+use gstsam2refiner::model::BuildMode;
 use gstsam2refiner::prompt::{read_prompt_file, validate_all};
 use gstsam2refiner::tracker::{Tracker, TrackerOptions};
 
+use crate::model_args::{LoadedModel, ModelArgs};
+
 #[derive(clap::Args)]
 pub struct VideoArgs {
-    /// Official Hydra YAML, or a preset name (sam2.1_hiera_t, sam2.1_hiera_s, ...).
-    #[arg(long)]
-    config: String,
-    /// Official `.pt` checkpoint or `.safetensors` with the same keys.
-    #[arg(long)]
-    weights: PathBuf,
+    #[command(flatten)]
+    model: ModelArgs,
     /// A folder of PNG frames, read in name order as frames 0..N-1 (all of one size).
     #[arg(long)]
     frames: PathBuf,
@@ -30,12 +26,6 @@ pub struct VideoArgs {
     /// every frame from the object's first prompt on.
     #[arg(long)]
     out: PathBuf,
-    /// auto, cpu, cuda or cuda:N.
-    #[arg(long, default_value = "auto")]
-    device: String,
-    /// Compute precision: f32 (the parity reference), f16 or bf16.
-    #[arg(long, default_value = "f32")]
-    dtype: String,
     /// How memories are stored: bf16 (as the official predictor: half the memory) or f32.
     #[arg(long, default_value = "bf16")]
     memory_dtype: String,
@@ -55,11 +45,6 @@ fn list_frames(dir: &Path) -> Result<Vec<PathBuf>> {
 }
 
 pub fn run(args: &VideoArgs) -> Result<()> {
-    let device = select_device(&args.device)?;
-    let dtype: DType = crate::parse_dtype(&args.dtype)?;
-    check_dtype(&device, dtype)?;
-    let mut config = Sam2Config::load(&args.config)?;
-    config.apply_build_overrides(BuildMode::Video);
     let frames = list_frames(&args.frames)?;
     let first = RgbImage::read_png(&frames[0])?;
     let prompts = read_prompt_file(&args.prompts)?;
@@ -79,7 +64,7 @@ pub fn run(args: &VideoArgs) -> Result<()> {
             frames.len() - 1
         );
     }
-    let model = load_model(&config, &args.weights, dtype, &device)?;
+    let LoadedModel { config, model, .. } = args.model.load(BuildMode::Video)?;
     let mut options = TrackerOptions::for_config(&config);
     options.memory_dtype = crate::parse_dtype(&args.memory_dtype)?;
     let mut tracker = Tracker::new(model, options);

@@ -1,0 +1,60 @@
+"""What training and evaluation share: the model from its config, frame normalisation, prompts drawn from a mask."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+HERE = Path(__file__).resolve().parent
+CONFIG = HERE / "config.yaml"
+WEIGHTS = HERE / "sam2.1_nano.safetensors"
+
+IMG_MEAN = torch.tensor([0.485, 0.456, 0.406])[:, None, None]
+IMG_STD = torch.tensor([0.229, 0.224, 0.225])[:, None, None]
+
+# Held-out scenes: seeds from here on are never drawn in training (training seeds are below 2**40).
+EVAL_SEED_BASE = 2**50
+MIN_OBJECT_PIXELS = 150
+
+
+def build_model(overrides: dict | None = None):
+    """The official `SAM2Base` (or the class the overrides name) from our config, as `build_sam2` does."""
+    cfg = OmegaConf.load(CONFIG)
+    for key, value in (overrides or {}).items():
+        OmegaConf.update(cfg, f"model.{key}", value, force_add=True)
+    OmegaConf.resolve(cfg)
+    return instantiate(cfg.model, _recursive_=True)
+
+
+def normalise(images: torch.Tensor) -> torch.Tensor:
+    """[..., 3, H, W] in [0, 1] to the model's input, as the official loaders do."""
+    return (images - IMG_MEAN) / IMG_STD
+
+
+def interior_point(mask: torch.Tensor) -> tuple[int, int]:
+    """The pixel deepest inside `mask` (H, W), found by erosion: where a user would click. Returns (x, y)."""
+    current = mask.float()[None, None]
+    last = current
+    while current.sum() > 0:
+        last = current
+        current = -F.max_pool2d(-current, 3, 1, 1)
+    ys, xs = torch.nonzero(last[0, 0], as_tuple=True)
+    # The middle of the deepest set, as the set may be a ridge.
+    cy, cx = ys.float().mean(), xs.float().mean()
+    k = torch.argmin((ys - cy) ** 2 + (xs - cx) ** 2)
+    return int(xs[k]), int(ys[k])
+
+
+def bounding_box(mask: torch.Tensor) -> tuple[int, int, int, int]:
+    ys, xs = torch.nonzero(mask, as_tuple=True)
+    return int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())
+
+
+def iou(pred: torch.Tensor, gt: torch.Tensor) -> float:
+    """IoU of two boolean masks; 1 when both are empty (an absent object correctly reported absent)."""
+    union = (pred | gt).sum().item()
+    return 1.0 if union == 0 else (pred & gt).sum().item() / union
