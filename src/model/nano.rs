@@ -1,4 +1,4 @@
-//! The nano model: the SAM 2.1 architecture at 256 px with small widths, trained by us on
+//! The nano model: the SAM 2.1 architecture at 256 px with a small Hiera trunk, trained by us on
 //! generated scenes (`models/nano`: config, training code, model card). Its config is the preset
 //! [`PRESET`] and its weights are built into the library, so a new user needs no download.
 
@@ -10,7 +10,7 @@ use crate::model::weights::WeightFile;
 /// The preset name of the nano config (also accepted: `nano`).
 pub const PRESET: &str = "sam2.1_nano";
 
-/// The released weights (f16 safetensors, a few MB), as committed in `models/nano`.
+/// The released weights (f16 safetensors, 19 MB), as committed in `models/nano`.
 const WEIGHTS: &[u8] = include_bytes!("../../models/nano/sam2.1_nano.safetensors");
 
 /// What the weights are called in messages, where a file would be named.
