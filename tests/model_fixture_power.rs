@@ -131,12 +131,7 @@ fn the_wrong_multimask_candidate_is_caught() {
             .iter()
             .find(|p| p.points.len() == 1 && p.bbox.is_none())
             .expect("a single-click prompt");
-        let prompt = ImagePrompt {
-            points: p.points.clone(),
-            labels: p.labels.clone(),
-            bbox: None,
-            mask_input: None,
-        };
+        let prompt = ImagePrompt::clicks_and_box(&p.points, &p.labels, p.bbox);
         let out = predictor.predict(&prompt, true).unwrap();
         let best = out.best_index().unwrap();
         let official = expected

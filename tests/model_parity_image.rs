@@ -20,13 +20,8 @@ fn every_prompt_of_every_case() {
         );
         for p in prompts.iter().filter(|p| p.frame == 0) {
             let id = p.object;
-            let multimask = p.points.len() == 1 && p.bbox.is_none();
-            let prompt = ImagePrompt {
-                points: p.points.clone(),
-                labels: p.labels.clone(),
-                bbox: p.bbox,
-                mask_input: None,
-            };
+            let prompt = ImagePrompt::clicks_and_box(&p.points, &p.labels, p.bbox);
+            let multimask = prompt.is_ambiguous();
             let out = predictor.predict(&prompt, multimask).unwrap();
             let what = format!("{case} object {id}");
             assert_logits_match(

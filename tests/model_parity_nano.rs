@@ -50,13 +50,8 @@ fn image_outputs(defect: Option<(&str, f64)>) -> Vec<(String, Tensor, Tensor)> {
     prompts()
         .iter()
         .map(|p| {
-            let multimask = p.points.len() == 1 && p.bbox.is_none();
-            let prompt = ImagePrompt {
-                points: p.points.clone(),
-                labels: p.labels.clone(),
-                bbox: p.bbox,
-                mask_input: None,
-            };
+            let prompt = ImagePrompt::clicks_and_box(&p.points, &p.labels, p.bbox);
+            let multimask = prompt.is_ambiguous();
             let out = predictor.predict(&prompt, multimask).unwrap();
             (format!("image/obj{}", p.object), out.masks, out.iou)
         })

@@ -21,6 +21,24 @@ pub struct ImagePrompt {
     pub mask_input: Option<Tensor>,
 }
 
+impl ImagePrompt {
+    /// Clicks and/or a box, without a mask input.
+    pub fn clicks_and_box(points: &[[f32; 2]], labels: &[i32], bbox: Option<[f32; 4]>) -> Self {
+        Self {
+            points: points.to_vec(),
+            labels: labels.to_vec(),
+            bbox,
+            mask_input: None,
+        }
+    }
+
+    /// One click and no box is ambiguous: the official predictor is asked for three candidates
+    /// (`multimask_output=True`), of which the best by predicted IoU is kept.
+    pub fn is_ambiguous(&self) -> bool {
+        self.points.len() == 1 && self.bbox.is_none() && self.mask_input.is_none()
+    }
+}
+
 /// The predicted masks for one prompt.
 #[derive(Debug, Clone)]
 pub struct ImagePrediction {

@@ -50,14 +50,8 @@ pub fn run(args: &ImageArgs) -> Result<()> {
     predictor.set_image(&image.to_tensor(&device)?)?;
     let mut out = HashMap::new();
     for (object, p) in by_object {
-        let prompt = ImagePrompt {
-            points: p.points.clone(),
-            labels: p.labels.clone(),
-            bbox: p.bbox,
-            mask_input: None,
-        };
-        // One click and no box is ambiguous: three candidates, keep the best by predicted IoU.
-        let multimask = p.points.len() == 1 && p.bbox.is_none();
+        let prompt = ImagePrompt::clicks_and_box(&p.points, &p.labels, p.bbox);
+        let multimask = prompt.is_ambiguous();
         let prediction = predictor.predict(&prompt, multimask)?;
         let best = if multimask {
             prediction.best_index()?
