@@ -49,7 +49,6 @@ fn mapped(buffer: &gst::Buffer) -> Vec<u8> {
 }
 
 #[test]
-#[ignore = "the released nano model does not segment yet (models/nano/MODEL_CARD.md, issue #5): run with --ignored"]
 fn nano_follows_the_videotestsrc_ball_from_one_click() {
     init();
     let caps = format!("video/x-raw,format=RGBA,width={WIDTH},height={HEIGHT},framerate=30/1");
