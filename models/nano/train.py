@@ -346,7 +346,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--image-steps", type=int, default=4500)
-    ap.add_argument("--clip-steps", type=int, default=900)
+    ap.add_argument("--clip-steps", type=int, default=900, help="steps of the second phase, which mixes in clips")
+    ap.add_argument("--clip-share", type=float, default=0.7, help="share of the second phase's steps that are clips")
     ap.add_argument("--image-batch", type=int, default=4, help="images per image step")
     ap.add_argument("--objects-per-image", type=int, default=4, help="objects prompted in each image")
     ap.add_argument("--corrections", type=int, default=1, help="correction rounds after each first prompt")
@@ -397,7 +398,7 @@ def main() -> None:
     for step in range(start_step, min(total, args.max_steps or total)):
         for group in opt.param_groups:
             group["lr"] = lr_at(step)
-        clip = step >= args.image_steps and rng.random() < 0.7
+        clip = step >= args.image_steps and rng.random() < args.clip_share
         size = args.clip_batch if clip else args.image_batch
         batch = [scenes.random_scene(scene_seed(args.seed, counter + i), still=not clip) for i in range(size)]
         counter += size
