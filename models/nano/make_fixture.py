@@ -26,7 +26,10 @@ from evaluate import VIDEO_OVERRIDES, load, to_uint8, video_state
 
 OUT = Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "nano"
 SEED = EVAL_SEED_BASE + 2_000_000  # after the evaluation's images and clips
-FRAMES = 8
+# As many frames as the pointer window (`max_obj_ptrs_in_encoder`, 16): the official predictor normalises
+# pointer distances by min(num_frames, 16) - 1, our streaming tracker by 15 (a stream has no end), so a
+# shorter clip would give the two different pointer encodings (with these weights, 1e-4 by frame 3).
+FRAMES = 16
 
 
 def first_scene_with_objects(seed: int):
