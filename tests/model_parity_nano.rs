@@ -73,7 +73,7 @@ fn tracked_outputs(defect: Option<(&str, f64)>) -> Vec<(String, Tensor)> {
     frames.sort();
     // A clip shorter than the pointer window would change the official pointer encoding (see
     // `make_fixture.py`).
-    assert!(frames.len() >= 16);
+    assert!(frames.len() >= config.max_obj_ptrs_in_encoder);
     let mut outputs = Vec::new();
     for (t, path) in frames.iter().enumerate() {
         tracker
