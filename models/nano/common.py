@@ -32,7 +32,7 @@ def build_model(overrides: dict | None = None):
 
 def normalise(images: torch.Tensor) -> torch.Tensor:
     """[..., 3, H, W] in [0, 1] to the model's input, as the official loaders do."""
-    return (images - IMG_MEAN) / IMG_STD
+    return (images - IMG_MEAN.to(images.device)) / IMG_STD.to(images.device)
 
 
 def interior_point(mask: torch.Tensor) -> tuple[int, int]:

@@ -27,6 +27,8 @@ One seed fixes the scenes, the prompts and the initialisation; on the same threa
 repeatable.
 
     /opt/sam2-reference/bin/python models/nano/train.py --seed 0    # writes models/nano/sam2.1_nano.safetensors
+
+`--device cuda` trains on a GPU; scenes and prompts are drawn on the CPU either way.
 """
 
 from __future__ import annotations
@@ -105,15 +107,16 @@ def correction_click(pred: torch.Tensor, gt: torch.Tensor, rng: random.Random) -
     return random_pixel(false, rng), 0
 
 
-def point_inputs(prompts: list[tuple[list, list]]) -> dict:
-    """Batch prompts of unequal length, padded with label -1 (as the official prompt encoder expects)."""
+def point_inputs(prompts: list[tuple[list, list]], device: torch.device) -> dict:
+    """Batch prompts of unequal length, padded with label -1 (as the official prompt encoder expects), on
+    `device`."""
     n = max(len(p) for p, _ in prompts)
     coords = torch.zeros(len(prompts), n, 2)
     labels = torch.full((len(prompts), n), -1, dtype=torch.int32)
     for b, (points, lab) in enumerate(prompts):
         coords[b, : len(points)] = torch.tensor(points)
         labels[b, : len(lab)] = torch.tensor(lab, dtype=torch.int32)
-    return {"point_coords": coords, "point_labels": labels}
+    return {"point_coords": coords.to(device), "point_labels": labels.to(device)}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -157,7 +160,7 @@ def mask_losses(logits, ious, scores, gt, candidates):
 
 
 def backbone(model, images: torch.Tensor):
-    out = model.forward_image(normalise(images))
+    out = model.forward_image(normalise(images.to(model.device)))
     _, feats, pos, sizes = model._prepare_backbone_features(out)
     return feats, pos, sizes
 
@@ -195,7 +198,7 @@ def image_features(model, feats, sizes, owner: torch.Tensor):
 def decode(model, embedding, high_res, prompts, mask_input=None):
     """All four of the decoder's masks (token 0: the single mask; 1-3: the multimask candidates) at full
     size, their predicted IoUs, the object scores, and the low-resolution logits (for a next round)."""
-    points = point_inputs(prompts)
+    points = point_inputs(prompts, embedding.device)
     sparse, dense = model.sam_prompt_encoder(
         points=(points["point_coords"], points["point_labels"]), boxes=None, masks=mask_input
     )
@@ -223,23 +226,25 @@ def image_step(model, batch_scenes, rng, objects_per_image: int, corrections: in
         for k in pick_objects(masks, rng, objects_per_image):
             gts.append(masks[k])
             owner.append(i)
-    gt = torch.stack(gts)
+    # Prompts are drawn on the host copy of the truth (`gt_host`), the loss meets the model's on its device.
+    gt_host = torch.stack(gts)
+    gt = gt_host.to(model.device)
     feats, _, sizes = backbone(model, torch.stack(images))
-    embedding, high_res = image_features(model, feats, sizes, torch.tensor(owner))
-    prompts = [initial_prompt(g, rng) for g in gt]
+    embedding, high_res = image_features(model, feats, sizes, torch.tensor(owner, device=model.device))
+    prompts = [initial_prompt(g, rng) for g in gt_host]
     # One click is ambiguous: the best of the three candidates learns (SAM's multimask rule); any
     # other prompt trains the single-mask token.
-    multimask = torch.tensor([len(labels) == 1 for _, labels in prompts])
-    single = torch.tensor([True, False, False, False])
+    multimask = torch.tensor([len(labels) == 1 for _, labels in prompts], device=model.device)
+    single = torch.tensor([True, False, False, False], device=model.device)
     candidates = torch.where(multimask[:, None], ~single, single)
     high, ious, scores, low = decode(model, embedding, high_res, prompts)
     loss, kept, kept_iou = mask_losses(high, ious, scores, gt, candidates)
     PROGRESS["first"].extend(kept_iou.tolist())
     rows = torch.arange(len(gt))
     for _ in range(corrections):
-        pred = high[rows, kept].detach() > 0
+        pred = (high[rows, kept].detach() > 0).cpu()
         for b, (points, labels) in enumerate(prompts):
-            click = correction_click(pred[b], gt[b], rng)
+            click = correction_click(pred[b], gt_host[b], rng)
             if click is not None:
                 prompts[b] = (points + [click[0]], labels + [click[1]])
         previous = low[rows, kept][:, None].detach().clamp(-32, 32)
@@ -281,7 +286,8 @@ def clip_step(model, batch_scenes, rng, num_frames) -> torch.Tensor:
         gts.append(torch.stack([masks[obj] for _, masks in rendered]))
     batch = len(batch_scenes)
     images = torch.stack(frames, 1).flatten(0, 1)  # time-major: frame t of clip b at t * batch + b
-    gt = torch.stack(gts, 1)  # (T, B, H, W)
+    gt_host = torch.stack(gts, 1)  # (T, B, H, W)
+    gt = gt_host.to(model.device)
     feats, pos, sizes = backbone(model, images)
     output_dict = {"cond_frame_outputs": {}, "non_cond_frame_outputs": {}}
     correct_at = rng.randrange(1, num_frames) if rng.random() < 0.3 else None
@@ -290,12 +296,12 @@ def clip_step(model, batch_scenes, rng, num_frames) -> torch.Tensor:
         f, p = frame_slice(feats, pos, t * batch, (t + 1) * batch)
         if t == 0:
             # A target out of view on frame 0 can only be given as its (empty) mask.
-            if rng.random() < 0.25 or any(g.sum() == 0 for g in gt[0]):
+            if rng.random() < 0.25 or any(g.sum() == 0 for g in gt_host[0]):
                 masks = gt[0][:, None].float()
                 current, sam = run_frame(model, f, p, sizes, 0, True, None, masks, output_dict, num_frames)
                 from_points = False
             else:
-                prompts = point_inputs([initial_prompt(g, rng) for g in gt[0]])
+                prompts = point_inputs([initial_prompt(g, rng) for g in gt_host[0]], model.device)
                 current, sam = run_frame(model, f, p, sizes, 0, True, prompts, None, output_dict, num_frames)
                 loss = loss + sam_losses(sam, gt[0])
                 from_points = True
@@ -306,11 +312,11 @@ def clip_step(model, batch_scenes, rng, num_frames) -> torch.Tensor:
         loss = loss + sam_losses(sam, gt[t])
         kind = "non_cond_frame_outputs"
         if t == correct_at:
-            pred = sam[4][:, 0].detach() > 0
-            clicks = [correction_click(pred[b], gt[t, b], rng) for b in range(batch)]
+            pred = (sam[4][:, 0].detach() > 0).cpu()
+            clicks = [correction_click(pred[b], gt_host[t, b], rng) for b in range(batch)]
             clicks = [([c[0]], [c[1]]) if c is not None else ([(0.0, 0.0)], [-1]) for c in clicks]
             prev = sam[3].detach().clamp(-32, 32)
-            prompts = point_inputs(clicks)
+            prompts = point_inputs(clicks, model.device)
             current, sam = run_frame(model, f, p, sizes, t, False, prompts, None, output_dict, num_frames, prev)
             loss = loss + sam_losses(sam, gt[t])
             kind = "cond_frame_outputs"
@@ -379,6 +385,11 @@ def main() -> None:
     ap.add_argument("--clip-frames", type=int, default=6)
     ap.add_argument("--lr", type=float, default=2e-4)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument(
+        "--device", default="cpu",
+        help="torch device to train on (cuda, cuda:1, ...); scenes and prompts are made on the CPU either way, "
+        "so the run draws the same scenes and prompts, though a GPU's arithmetic differs in the last bits",
+    )
     ap.add_argument("--warmup", type=int, default=100)
     ap.add_argument("--log-every", type=int, default=50)
     ap.add_argument("--out", type=Path, default=WEIGHTS)
@@ -390,7 +401,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     rng = random.Random(args.seed)
-    model = build_model()
+    model = build_model().to(args.device)
     init_prompt_attention(model)
     iou_logits(model)
     no_dropout(model)
@@ -408,7 +419,7 @@ def main() -> None:
 
     start_step, counter = 0, 0
     if args.checkpoint is not None and args.checkpoint.exists():
-        state = torch.load(args.checkpoint)
+        state = torch.load(args.checkpoint, map_location=args.device)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         start_step, counter = state["step"], state["counter"]
@@ -458,7 +469,7 @@ def main() -> None:
 
 def export(model, out: Path) -> None:
     """The state dict under the official checkpoint's key names, in f16."""
-    tensors = {k: v.detach().to(torch.float16).contiguous() for k, v in model.state_dict().items()}
+    tensors = {k: v.detach().to("cpu", torch.float16).contiguous() for k, v in model.state_dict().items()}
     save_file(tensors, str(out), metadata={"format": "pt", "model": "sam2refiner nano (SAM 2.1 architecture)"})
 
 
