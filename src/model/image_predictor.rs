@@ -1,9 +1,12 @@
 //! The image path (`sam2/sam2_image_predictor.py`): one image, embedded once, then masks for
-//! any number of prompts.
+//! any number of prompts; with a refiner, its modules in between (as
+//! `models/refiner/image_path.py`).
 
 use candle_core::{DType, Result, Tensor, bail};
 
 use super::fill_holes::replace_small_regions;
+use super::refiner::crops::{self, CELL, LocalFeatures};
+use super::refiner::{RefineMode, Refiner};
 use super::sam::prompt_encoder::PointInputs;
 use super::sam2_base::Sam2Base;
 use super::transforms::{image_to_input, upsample_logits};
@@ -46,8 +49,11 @@ pub struct ImagePrediction {
     pub masks: Tensor,
     /// Predicted IoU, `[K]`.
     pub iou: Tensor,
-    /// Low-resolution logits clamped to ±32, [K, 4h, 4w]: a mask prompt for a next prediction.
+    /// Low-resolution logits clamped to ±32, [K, 4h, 4w]: a mask prompt for a next prediction
+    /// (SAM 2's own, refined or not).
     pub low_res: Tensor,
+    /// Whether the refiner refined `masks`.
+    pub refined: bool,
 }
 
 impl ImagePrediction {
@@ -63,11 +69,24 @@ struct ImageFeatures {
     image_embed: Tensor,
     high_res: Option<(Tensor, Tensor)>,
     orig_hw: (usize, usize),
+    /// What the refiner needs beyond SAM 2's features (with a refiner and an RGB image).
+    refine: Option<RefineInputs>,
+}
+
+#[derive(Debug, Clone)]
+struct RefineInputs {
+    /// The image, u8 [H, W, 3] on the model's device: crops are cut from it.
+    rgb: Tensor,
+    /// The normalised model input [1, 3, S, S].
+    input: Tensor,
+    /// In quadrant mode, the quadrants' features (shared by every prompt).
+    quadrants: Option<LocalFeatures>,
 }
 
 #[derive(Debug)]
 pub struct ImagePredictor<'a> {
     model: &'a Sam2Base,
+    refiner: Option<(&'a Refiner, RefineMode)>,
     features: Option<ImageFeatures>,
     /// Fill background holes of up to this many low-res pixels (0: off, the official default).
     pub max_hole_area: usize,
@@ -79,10 +98,24 @@ impl<'a> ImagePredictor<'a> {
     pub fn new(model: &'a Sam2Base) -> Self {
         Self {
             model,
+            refiner: None,
             features: None,
             max_hole_area: 0,
             max_sprinkle_area: 0,
         }
+    }
+
+    /// A predictor whose masks the refiner refines in `mode` (`Off`: plain SAM 2, bit for bit).
+    /// Refinement needs the image itself: set it with `set_image`.
+    pub fn with_refiner(model: &'a Sam2Base, refiner: &'a Refiner, mode: RefineMode) -> Self {
+        Self {
+            refiner: Some((refiner, mode)),
+            ..Self::new(model)
+        }
+    }
+
+    fn refine_mode(&self) -> RefineMode {
+        self.refiner.map_or(RefineMode::Off, |(_, mode)| mode)
     }
 
     /// `set_image`: an RGB u8 image [H, W, 3].
@@ -93,7 +126,27 @@ impl<'a> ImagePredictor<'a> {
         }
         let rgb = rgb.to_device(self.model.device())?;
         let input = image_to_input(&rgb, self.model.config.image_size, self.model.dtype())?;
-        self.set_input(&input, (h, w))
+        self.set_input(&input, (h, w))?;
+        let mode = self.refine_mode();
+        if mode != RefineMode::Off {
+            let s = self.model.config.image_size;
+            let quadrants = match mode {
+                RefineMode::Quadrants => Some(crops::local_features(
+                    self.model,
+                    &rgb,
+                    &crops::quadrant_origins(s),
+                )?),
+                _ => None,
+            };
+            if let Some(features) = self.features.as_mut() {
+                features.refine = Some(RefineInputs {
+                    rgb,
+                    input,
+                    quadrants,
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Embeds an already transformed input [1, 3, S, S] of an image of size `orig_hw`.
@@ -112,6 +165,7 @@ impl<'a> ImagePredictor<'a> {
             image_embed,
             high_res,
             orig_hw,
+            refine: None,
         });
         Ok(())
     }
@@ -160,23 +214,124 @@ impl<'a> ImagePredictor<'a> {
         let (sparse, dense) = model
             .sam_prompt_encoder
             .forward(points.as_ref(), mask_input.as_ref())?;
+        let refine = match (self.refiner, &features.refine) {
+            (Some((refiner, mode)), Some(inputs)) if mode != RefineMode::Off => Some((
+                refiner,
+                inputs,
+                self.local_for(prompt, inputs, multimask_output)?,
+            )),
+            _ => None,
+        };
+        let Some((refiner, inputs, local)) = refine else {
+            let decoded = model.sam_mask_decoder.forward(
+                &features.image_embed,
+                model.sam_prompt_encoder.dense_pe(),
+                &sparse,
+                &dense,
+                multimask_output,
+                false,
+                features.high_res.as_ref().map(|(a, b)| (a, b)),
+            )?;
+            let low_res = decoded.masks.to_dtype(DType::F32)?.squeeze(0)?; // [K, 4h, 4w]
+            let cleaned = self.clean_small_regions(&low_res)?;
+            return Ok(ImagePrediction {
+                masks: upsample_logits(&cleaned, (h, w))?,
+                iou: decoded.iou.to_dtype(DType::F32)?.squeeze(0)?,
+                low_res: low_res.clamp(-32f32, 32f32)?,
+                refined: false,
+            });
+        };
+        let Some((feat_s0, feat_s1)) = &features.high_res else {
+            bail!(
+                "the refiner needs a model with high-resolution features (use_high_res_features_in_sam)"
+            );
+        };
+        let global = [
+            feat_s0.clone(),
+            feat_s1.clone(),
+            features.image_embed.clone(),
+        ];
+        let [feat_s0, feat_s1, image_embed] =
+            refiner.localization_augment.forward(&global, &local)?;
+        let (sparse, dense) = refiner.prompt_retargeting.forward(
+            &sparse,
+            &dense,
+            points.as_ref(),
+            &image_embed,
+            mask_input.as_ref(),
+            CELL as f32,
+        )?;
         let decoded = model.sam_mask_decoder.forward(
-            &features.image_embed,
+            &image_embed,
             model.sam_prompt_encoder.dense_pe(),
             &sparse,
             &dense,
             multimask_output,
             false,
-            features.high_res.as_ref().map(|(a, b)| (a, b)),
+            Some((&feat_s0, &feat_s1)),
         )?;
-        let low_res = decoded.masks.to_dtype(DType::F32)?.squeeze(0)?; // [K, 4h, 4w]
+        let low_res = decoded.masks.to_dtype(DType::F32)?.squeeze(0)?;
         let cleaned = self.clean_small_regions(&low_res)?;
-        let masks = upsample_logits(&cleaned, (h, w))?;
+        let (local_s2, coverage) = crops::stride2_local(&local, model.config.image_size)?;
+        let refined = refiner.mask_refinement.forward(
+            &cleaned.unsqueeze(0)?.to_dtype(dtype)?,
+            &decoded.upscaled,
+            &inputs.input,
+            &local_s2,
+            &coverage,
+        )?;
         Ok(ImagePrediction {
-            masks,
+            masks: upsample_logits(&refined.squeeze(0)?, (h, w))?,
             iou: decoded.iou.to_dtype(DType::F32)?.squeeze(0)?,
             low_res: low_res.clamp(-32f32, 32f32)?,
+            refined: true,
         })
+    }
+
+    /// The crops' features for this prompt: the quadrants', or in ROI mode a window on the
+    /// object: on the prompt's box, or else on the plain SAM 2 mask's box (a first, unrefined
+    /// decoder pass), or else on the clicks.
+    fn local_for(
+        &self,
+        prompt: &ImagePrompt,
+        inputs: &RefineInputs,
+        multimask_output: bool,
+    ) -> Result<LocalFeatures> {
+        if let Some(quadrants) = &inputs.quadrants {
+            return Ok(quadrants.clone());
+        }
+        let Some(features) = &self.features else {
+            bail!("an image must be set before prediction");
+        };
+        let (h, w) = features.orig_hw;
+        let frame_box = match prompt.bbox {
+            Some(b) => b,
+            None => {
+                let plain = ImagePredictor {
+                    model: self.model,
+                    refiner: None,
+                    features: self.features.clone(),
+                    max_hole_area: self.max_hole_area,
+                    max_sprinkle_area: self.max_sprinkle_area,
+                }
+                .predict(prompt, multimask_output)?;
+                let best = plain.masks.get(plain.best_index()?)?;
+                match mask_box(&best)? {
+                    Some(b) => b,
+                    None => points_box(&prompt.points).unwrap_or([0.0, 0.0, w as f32, h as f32]),
+                }
+            }
+        };
+        let s = self.model.config.image_size;
+        let (sx, sy) = (s as f32 / w as f32, s as f32 / h as f32);
+        let input_box = [
+            frame_box[0] * sx,
+            frame_box[1] * sy,
+            frame_box[2] * sx,
+            frame_box[3] * sy,
+        ];
+        let origin = crops::roi_origin(input_box, s);
+        crops::local_features(self.model, &inputs.rgb, &[origin])
     }
 
     /// The optional hole and sprinkle removal of `postprocess_masks`, on the low-res logits.
@@ -209,4 +364,41 @@ impl<'a> ImagePredictor<'a> {
         }
         Tensor::from_vec(data, (k, h, w), low_res.device())
     }
+}
+
+/// The bounding box (x0, y0, x1, y1) of the pixels > 0 of logits [H, W], in pixels (x1, y1
+/// inclusive), or None when there are none.
+fn mask_box(logits: &Tensor) -> Result<Option<[f32; 4]>> {
+    let (h, w) = logits.dims2()?;
+    let positive = logits.gt(0f32)?.to_dtype(DType::F32)?;
+    let rows = positive.max(1)?.to_vec1::<f32>()?;
+    let cols = positive.max(0)?.to_vec1::<f32>()?;
+    let first = |v: &[f32]| v.iter().position(|&x| x > 0.0);
+    let last = |v: &[f32]| v.iter().rposition(|&x| x > 0.0);
+    Ok(
+        match (first(&rows), last(&rows), first(&cols), last(&cols)) {
+            (Some(y0), Some(y1), Some(x0), Some(x1)) => {
+                debug_assert!(y1 < h && x1 < w);
+                Some([x0 as f32, y0 as f32, x1 as f32, y1 as f32])
+            }
+            _ => None,
+        },
+    )
+}
+
+/// The bounding box of clicks.
+fn points_box(points: &[[f32; 2]]) -> Option<[f32; 4]> {
+    let first = points.first()?;
+    Some(
+        points
+            .iter()
+            .fold([first[0], first[1], first[0], first[1]], |b, p| {
+                [
+                    b[0].min(p[0]),
+                    b[1].min(p[1]),
+                    b[2].max(p[0]),
+                    b[3].max(p[1]),
+                ]
+            }),
+    )
 }

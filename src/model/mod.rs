@@ -14,6 +14,7 @@ pub mod memory_encoder;
 pub mod nano;
 pub mod nn;
 pub mod position_encoding;
+pub mod refiner;
 pub mod resample;
 pub mod sam;
 pub mod sam2_base;

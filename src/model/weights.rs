@@ -111,6 +111,36 @@ impl WeightFile {
         })
     }
 
+    /// SHA-256 over the tensors as loaded: for each key in sorted order, the key, its shape as
+    /// a JSON list (`[256, 32, 1, 1]`) and its values as little-endian f32. Names a model's
+    /// weights whatever the container (a `.pt` and its safetensors conversion hash the same);
+    /// `models/refiner/refiner.py` computes the same for the refiner file's metadata.
+    pub fn content_hash(&self) -> Result<String> {
+        use sha2::{Digest, Sha256};
+        let mut keys: Vec<&String> = self.tensors.keys().collect();
+        keys.sort();
+        let mut hasher = Sha256::new();
+        for key in keys {
+            let tensor = &self.tensors[key];
+            let dims: Vec<String> = tensor.dims().iter().map(|d| d.to_string()).collect();
+            hasher.update(key.as_bytes());
+            hasher.update(format!("[{}]", dims.join(", ")).as_bytes());
+            let values = tensor
+                .flatten_all()?
+                .to_dtype(DType::F32)?
+                .to_vec1::<f32>()?;
+            for chunk in values.chunks(1 << 16) {
+                let bytes: Vec<u8> = chunk.iter().flat_map(|v| v.to_le_bytes()).collect();
+                hasher.update(&bytes);
+            }
+        }
+        Ok(hasher
+            .finalize()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect())
+    }
+
     /// Writes the tensors as safetensors in `dtype` (f32, f16 or bf16).
     pub fn save_safetensors(&self, out: &Path, dtype: DType) -> Result<()> {
         let converted = self
@@ -137,7 +167,9 @@ fn read_safetensors(path: &Path) -> std::result::Result<HashMap<String, Tensor>,
     parse_safetensors(&bytes)
 }
 
-fn parse_safetensors(bytes: &[u8]) -> std::result::Result<HashMap<String, Tensor>, String> {
+pub(crate) fn parse_safetensors(
+    bytes: &[u8],
+) -> std::result::Result<HashMap<String, Tensor>, String> {
     candle_core::safetensors::load_buffer(bytes, &Device::Cpu)
         .map_err(|e| format!("not a valid safetensors file: {e}"))
 }
@@ -224,6 +256,17 @@ pub fn build_model(
     dtype: DType,
     device: &Device,
 ) -> Result<Sam2Base> {
+    build_strict(weights, dtype, device, |vb| Sam2Base::new(config, vb))
+}
+
+/// Builds a module from `weights` as `build_model` does: a missing, mis-shaped or unused key is
+/// an error naming it.
+pub(crate) fn build_strict<T>(
+    weights: WeightFile,
+    dtype: DType,
+    device: &Device,
+    build: impl FnOnce(VarBuilder) -> candle_core::Result<T>,
+) -> Result<T> {
     let path = weights.path.clone();
     let keys: Vec<String> = weights.tensors.keys().cloned().collect();
     let backend = Arc::new(StrictBackend {
@@ -232,7 +275,7 @@ pub fn build_model(
         problem: Mutex::new(None),
     });
     let vb = VarBuilder::from_backend(Box::new(Shared(backend.clone())), dtype, device.clone());
-    let model = Sam2Base::new(config, vb).map_err(|e| {
+    let model = build(vb).map_err(|e| {
         match backend
             .problem
             .lock()
@@ -255,7 +298,7 @@ pub fn build_model(
         return Err(Error::weights(
             &path,
             format!(
-                "unexpected key {}{more}: the config has no such parameter (wrong config for these weights?)",
+                "unexpected key {}{more}: the model has no such parameter (wrong config for these weights?)",
                 unexpected[0]
             ),
         ));

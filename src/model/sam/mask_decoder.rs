@@ -20,6 +20,9 @@ pub struct DecoderOutput {
     pub sam_tokens: Tensor,
     /// Object-score logits [B, 1] (10 when the model has no object-score head).
     pub object_score_logits: Tensor,
+    /// The upscaled embedding the mask tokens read, [B, C/8, 4h, 4w]: the refiner's mask
+    /// refinement starts from it.
+    pub upscaled: Tensor,
 }
 
 #[derive(Debug)]
@@ -153,7 +156,7 @@ impl MaskDecoder {
         high_res_features: Option<(&Tensor, &Tensor)>,
     ) -> Result<DecoderOutput> {
         let _enter = self.span.enter();
-        let (masks, iou, mask_tokens_out, object_score_logits) = self.predict_masks(
+        let (masks, iou, mask_tokens_out, object_score_logits, upscaled) = self.predict_masks(
             image_embeddings,
             image_pe,
             sparse,
@@ -178,6 +181,7 @@ impl MaskDecoder {
             iou,
             sam_tokens,
             object_score_logits,
+            upscaled,
         })
     }
 
@@ -189,7 +193,7 @@ impl MaskDecoder {
         dense: &Tensor,
         repeat_image: bool,
         high_res_features: Option<(&Tensor, &Tensor)>,
-    ) -> Result<(Tensor, Tensor, Tensor, Tensor)> {
+    ) -> Result<(Tensor, Tensor, Tensor, Tensor, Tensor)> {
         let (b, _, dim) = sparse.dims3()?;
         let output_tokens = self
             .output_tokens
@@ -251,7 +255,7 @@ impl MaskDecoder {
             Some(ObjectScoreHead::Mlp(m)) => m.forward(&hs.narrow(1, 0, 1)?.squeeze(1)?)?,
             None => (Tensor::ones((b, 1), iou.dtype(), iou.device())? * 10.0)?,
         };
-        Ok((masks, iou, mask_tokens_out, object_score_logits))
+        Ok((masks, iou, mask_tokens_out, object_score_logits, upscaled))
     }
 
     /// When the single-mask output is unstable (its area changes with the threshold), take the

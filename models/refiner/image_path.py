@@ -1,0 +1,194 @@
+"""The image path with the refiner: the official image predictor's steps with the three modules in between.
+
+`RefinedImagePredictor` wraps the official `SAM2ImagePredictor` (its transforms, features and prompt
+encoding) and is what the parity fixtures record and what the evaluation runs. Mode `off` is the official
+predictor's output (logits upsampled straight from stride 4 to the frame); `quadrants` and `roi` run LA on
+crops of the frame, then PR and MR, and upsample MR's S×S logits to the frame.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sam2.sam2_image_predictor import SAM2ImagePredictor
+
+from refiner import LocalFeatures, Refiner
+
+MODES = ("off", "quadrants", "roi")
+CELL = 16  # input pixels per image-embedding cell; crops start on this grid so every level lines up
+
+
+def crop_bounds(origin: tuple[int, int], image_size: int, hw: tuple[int, int]) -> tuple[int, int, int, int]:
+    """The frame pixels [y0, y1) × [x0, x1) of the half-size crop whose top-left corner is `origin` (row,
+    col) in pixels of the S×S input: input coordinates scaled by (H / S, W / S), floored."""
+    (r, c), half, (h, w) = origin, image_size // 2, hw
+    return r * h // image_size, (r + half) * h // image_size, c * w // image_size, (c + half) * w // image_size
+
+
+def quadrant_origins(image_size: int) -> list[tuple[int, int]]:
+    """Top-left, top-right, bottom-left, bottom-right."""
+    half = image_size // 2
+    return [(0, 0), (0, half), (half, 0), (half, half)]
+
+
+def roi_origin(box: tuple[float, float, float, float], image_size: int) -> tuple[int, int]:
+    """ROI mode's half-size window for an object whose box is (x0, y0, x1, y1) in input pixels: centred on
+    the box as nearly as the 16-pixel grid allows, inside the input. Returns its top-left (row, col)."""
+    half = image_size // 2
+
+    def place(lo: float, hi: float) -> int:
+        start = round(((lo + hi) / 2 - half / 2) / CELL) * CELL
+        return int(min(max(start, 0), image_size - half))
+
+    return place(box[1], box[3]), place(box[0], box[2])
+
+
+def encode(model, inputs: torch.Tensor) -> list[torch.Tensor]:
+    """[N, 3, S, S] normalised inputs -> the decoder-side features [stride 4, stride 8, stride 16]."""
+    out = model.forward_image(inputs)
+    return list(out["backbone_fpn"][:2]) + [out["vision_features"]]
+
+
+def local_features(model, transform, frame: np.ndarray, origins: list[tuple[int, int]]) -> LocalFeatures:
+    """The encoder on half-size crops of the frame (HWC uint8), each resized to S×S as a frame is, stitched
+    into one grid per level. `origins`: the four quadrants (a 2×2 arrangement) or one ROI."""
+    s = model.image_size
+    crops = []
+    for origin in origins:
+        y0, y1, x0, x1 = crop_bounds(origin, s, frame.shape[:2])
+        crops.append(transform(np.ascontiguousarray(frame[y0:y1, x0:x1])))
+    feats = encode(model, torch.stack(crops))
+    rows = sorted({r for r, _ in origins})
+    cols = sorted({c for _, c in origins})
+    levels = []
+    for f in feats:
+        grid = [torch.cat([f[origins.index((r, c))] for c in cols], -1) for r in rows]
+        levels.append(torch.cat(grid, -2)[None])
+    half_cells = s // 2 // CELL
+    return LocalFeatures(levels, (rows[0] // CELL, cols[0] // CELL, len(rows) * half_cells, len(cols) * half_cells))
+
+
+def stride2_local(local: LocalFeatures, image_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """LA's stride-4 local features on the frame's stride-2 grid (zero where no crop covers) and the
+    coverage map: MR's inputs."""
+    r, c, h, w = local.region
+    side, f = image_size // 2, CELL // 2
+    level = local.levels[0]
+    pad = (c * f, side - (c + w) * f, r * f, side - (r + h) * f)
+    return F.pad(level, pad), F.pad(torch.ones_like(level[:, :1]), pad)
+
+
+@contextmanager
+def capture_upscaled(decoder):
+    """Records the mask decoder's upscaled embedding: the output of its last upscaling activation."""
+    seen: list[torch.Tensor] = []
+    handle = decoder.output_upscaling[-1].register_forward_hook(lambda _m, _i, out: seen.append(out))
+    try:
+        yield seen
+    finally:
+        handle.remove()
+
+
+class RefinedImagePredictor:
+    """`SAM2ImagePredictor` with the refiner. One prompt per call, as the engine's `ImagePredictor`."""
+
+    def __init__(self, model, refiner: Refiner | None, mode: str = "quadrants"):
+        if mode not in MODES:
+            raise ValueError(f"mode {mode!r}: expected one of {MODES}")
+        if mode != "off" and refiner is None:
+            raise ValueError(f"mode {mode!r} needs a refiner")
+        self.model, self.refiner, self.mode = model, refiner, mode
+        self.official = SAM2ImagePredictor(model)
+        # The official predictor assumes 1024 px (feature sizes 256, 128, 64): give it the model's.
+        self.official._bb_feat_sizes = [(model.image_size // s,) * 2 for s in (4, 8, 16)]
+        self.frame: np.ndarray | None = None
+
+    @torch.inference_mode()
+    def set_image(self, frame: np.ndarray) -> None:
+        self.official.set_image(frame)
+        self.frame = frame
+        self.input = self.official._transforms(frame)[None]
+        self.quadrants = None
+        if self.mode == "quadrants":
+            self.quadrants = local_features(self.model, self.official._transforms, frame, quadrant_origins(self.model.image_size))
+
+    @torch.inference_mode()
+    def predict(self, points=None, labels=None, box=None, mask_input=None, multimask_output=False, roi_box=None):
+        """Logits at the frame's size [K, H, W], predicted IoUs [K], and the stride-4 logits [K, 4G, 4G]
+        clamped to ±32 (a mask prompt for a next call). Points and box are in frame pixels, as the
+        official predictor takes them. ROI mode's window goes on `roi_box` (frame pixels) when given,
+        else as the engine places it (`roi_box_for`)."""
+        model, s = self.model, self.model.image_size
+        h, w = self.frame.shape[:2]
+        scale = torch.tensor([s / w, s / h])
+        coords, labs = [], []
+        if box is not None:
+            coords += [[box[0], box[1]], [box[2], box[3]]]
+            labs += [2, 3]
+        if points is not None:
+            coords += [list(p) for p in points]
+            labs += list(labels)
+        coords = torch.tensor(coords, dtype=torch.float32).reshape(1, -1, 2) * scale
+        labs = torch.tensor(labs, dtype=torch.int32).reshape(1, -1)
+        mask = None if mask_input is None else torch.as_tensor(mask_input, dtype=torch.float32).reshape(1, 1, *mask_input.shape[-2:])
+        sparse, dense = model.sam_prompt_encoder(points=(coords, labs) if coords.shape[1] else None, boxes=None, masks=mask)
+        feats = self.official._features
+        features = [f[:1] for f in feats["high_res_feats"]] + [feats["image_embed"][:1]]
+        local = None
+        if self.mode != "off":
+            if self.mode == "quadrants":
+                local = self.quadrants
+            else:
+                if roi_box is None:
+                    roi_box = self.roi_box_for(points, labels, box, mask_input, multimask_output)
+                local = self.roi_features(roi_box, scale)
+            features = self.refiner.localization_augment(features, local)
+            sparse, dense = self.refiner.prompt_retargeting(
+                sparse, dense, coords, labs, features[2], mask, stride=float(CELL)
+            )
+        with capture_upscaled(model.sam_mask_decoder) as seen:
+            low, iou, _, _ = model.sam_mask_decoder(
+                image_embeddings=features[2],
+                image_pe=model.sam_prompt_encoder.get_dense_pe(),
+                sparse_prompt_embeddings=sparse,
+                dense_prompt_embeddings=dense,
+                multimask_output=multimask_output,
+                repeat_image=False,
+                high_res_features=features[:2],
+            )
+        if self.mode == "off":
+            full = F.interpolate(low, size=(h, w), mode="bilinear", align_corners=False)
+        else:
+            local_s2, coverage = stride2_local(local, s)
+            refined = self.refiner.mask_refinement(low, seen[-1], self.input, local_s2, coverage)
+            full = F.interpolate(refined, size=(h, w), mode="bilinear", align_corners=False)
+        return full[0], iou[0], low[0].clamp(-32, 32)
+
+    def roi_box_for(self, points, labels, box, mask_input, multimask_output):
+        """ROI mode's window for a prompt: its box, else the box of the plain SAM 2 mask (the best
+        candidate by predicted IoU), else the clicks' box, else the whole frame."""
+        if box is not None:
+            return list(box)
+        plain = RefinedImagePredictor.__new__(RefinedImagePredictor)
+        plain.__dict__.update(self.__dict__, mode="off")
+        masks, iou, _ = plain.predict(points, labels, None, mask_input, multimask_output)
+        ys, xs = torch.nonzero(masks[int(torch.argmax(iou))] > 0, as_tuple=True)
+        if len(ys):
+            return [float(xs.min()), float(ys.min()), float(xs.max()), float(ys.max())]
+        if points is not None and len(points):
+            p = np.asarray(points, dtype=np.float32)
+            return [float(p[:, 0].min()), float(p[:, 1].min()), float(p[:, 0].max()), float(p[:, 1].max())]
+        h, w = self.frame.shape[:2]
+        return [0.0, 0.0, float(w), float(h)]
+
+    def roi_features(self, roi_box, scale: torch.Tensor) -> LocalFeatures:
+        x0, y0 = (torch.tensor(roi_box[:2], dtype=torch.float32) * scale).tolist()
+        x1, y1 = (torch.tensor(roi_box[2:], dtype=torch.float32) * scale).tolist()
+        origin = roi_origin((x0, y0, x1, y1), self.model.image_size)
+        return local_features(self.model, self.official._transforms, self.frame, [origin])
+
+
+

@@ -1,0 +1,123 @@
+#!/usr/bin/env python3
+"""Record the refiner's image path in PyTorch, for `tests/model_parity_refiner.rs`.
+
+The base is the released nano model; the refiner has random weights with every gate and every zero-started
+layer made non-zero, so each path (LA at each level, PR on clicks, boxes and mask prompts, both MR steps)
+changes the output: trained weights would do, but a refiner trained to a near-zero gate would let a broken
+path pass. The frame is a held-out nano scene resized to 240×336, so the quadrant crops (120×168) are not
+the input size and the frame is not square. Writes `tests/fixtures/refiner/`: `frame.png`,
+`refiner.safetensors`, `cases.json` and `expected.safetensors`.
+
+    /opt/sam2-reference/bin/python models/refiner/make_fixture.py
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "nano"))
+
+import scenes  # noqa: E402
+from common import EVAL_SEED_BASE, WEIGHTS, bounding_box, build_model, interior_point  # noqa: E402
+from image_path import RefinedImagePredictor  # noqa: E402
+from refiner import Refiner, save_refiner  # noqa: E402
+
+OUT = HERE.parents[1] / "tests" / "fixtures" / "refiner"
+SEED = EVAL_SEED_BASE + 3_000_000  # past the nano fixture's
+FRAME_HW = (240, 336)
+
+
+def active_refiner(seed: int) -> Refiner:
+    """Random weights where nothing is silent: gates, window biases, norms and the zero-started MR
+    layers drawn at a scale where each changes the output."""
+    torch.manual_seed(seed)
+    refiner = Refiner()
+    with torch.no_grad():
+        for name, p in refiner.named_parameters():
+            if name.endswith("gate"):
+                p.copy_(0.5 * torch.randn_like(p))
+            elif name.endswith("position_bias"):
+                p.copy_(torch.randn_like(p))
+            elif "norm" in name:
+                p.copy_((1.0 if name.endswith("weight") else 0.0) + 0.1 * torch.randn_like(p))
+            elif name.startswith("mask_refinement.delta"):
+                p.copy_(0.2 * torch.randn_like(p))
+    return refiner.eval()
+
+
+def frame_and_masks():
+    seed = SEED
+    while True:
+        image, masks = scenes.random_scene(seed, still=True).render(0)
+        if len(masks) >= 2 and all(m.sum() >= 300 for m in masks[:2]):
+            break
+        seed += 1
+    frame = F.interpolate(image[None], size=FRAME_HW, mode="bilinear", align_corners=False, antialias=True)[0]
+    frame = (frame.permute(1, 2, 0) * 255).round().clamp(0, 255).to(torch.uint8).numpy()
+    big = F.interpolate(masks[:2, None].float(), size=FRAME_HW, mode="nearest")[:, 0] > 0.5
+    return np.ascontiguousarray(frame), big
+
+
+@torch.inference_mode()
+def main() -> None:
+    torch.set_num_threads(1)
+    OUT.mkdir(parents=True, exist_ok=True)
+    frame, masks = frame_and_masks()
+    Image.fromarray(frame).save(OUT / "frame.png")
+    frame = np.array(Image.open(OUT / "frame.png").convert("RGB"))
+
+    state = {k: v.float() for k, v in load_file(str(WEIGHTS)).items()}
+    model = build_model()
+    model.load_state_dict(state, strict=True)
+    model.eval()
+    refiner = active_refiner(0)
+    save_refiner(refiner, OUT / "refiner.safetensors", "sam2.1_nano", state, purpose="parity fixture: random weights")
+
+    click = list(interior_point(masks[0]))
+    box = list(bounding_box(masks[1]))
+    other = list(interior_point(masks[1]))
+    cases = [
+        {"name": "quadrants_click", "mode": "quadrants", "points": [click], "labels": [1]},
+        {"name": "quadrants_box", "mode": "quadrants", "box": box},
+        {"name": "quadrants_clicks_and_box", "mode": "quadrants", "points": [other, click], "labels": [1, 0], "box": box},
+        {"name": "quadrants_click_and_mask", "mode": "quadrants", "points": [click], "labels": [1], "mask_from": "quadrants_click"},
+        {"name": "roi_box", "mode": "roi", "box": box},
+        {"name": "roi_click", "mode": "roi", "points": [click], "labels": [1]},
+        {"name": "off_click", "mode": "off", "points": [click], "labels": [1]},
+    ]
+    predictors = {}
+    expected, low_res = {}, {}
+    for case in cases:
+        mode = case["mode"]
+        if mode not in predictors:
+            predictors[mode] = RefinedImagePredictor(model, refiner, mode)
+            predictors[mode].set_image(frame)
+        mask_input = None
+        if "mask_from" in case:
+            prev = low_res[case["mask_from"]]
+            mask_input = prev[int(torch.argmax(expected[f"{case['mask_from']}/iou"]))][None]
+        # As the engine: one click alone is ambiguous (three candidates), anything else one mask.
+        multimask = len(case.get("points", [])) == 1 and "box" not in case and mask_input is None
+        case["multimask"] = multimask
+        masks_out, iou, low = predictors[mode].predict(
+            case.get("points"), case.get("labels"), case.get("box"), mask_input, multimask
+        )
+        expected[f"{case['name']}/masks"] = masks_out.float()
+        expected[f"{case['name']}/iou"] = iou.float()
+        low_res[case["name"]] = low
+    (OUT / "cases.json").write_text(json.dumps({"cases": cases}, indent=1) + "\n")
+    save_file({k: v.contiguous() for k, v in expected.items()}, str(OUT / "expected.safetensors"))
+    print(f"wrote {OUT}: {len(cases)} cases")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,260 @@
+//! The refiner's image path against its PyTorch reference (`models/refiner/make_fixture.py`):
+//! the built-in nano model with a refiner of active random weights, in quadrant and ROI mode,
+//! on clicks, a box, clicks with a box, and a click with a mask prompt. With the refiner off,
+//! the output is plain SAM 2 bit for bit; a refiner for another base refuses to load. Each
+//! module's path is shown to matter: silenced, the comparison fails.
+
+mod common;
+
+use std::path::PathBuf;
+
+use candle_core::{DType, Device, Tensor};
+use common::{assert_logits_match, fixture_dir, logits_match};
+use gstsam2refiner::image::RgbImage;
+use gstsam2refiner::model::refiner::{BaseIdentity, RefineMode, Refiner};
+use gstsam2refiner::model::weights::{WeightFile, build_model};
+use gstsam2refiner::model::{
+    BuildMode, ImagePrediction, ImagePredictor, ImagePrompt, Sam2Base, Sam2Config, nano,
+};
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize)]
+struct Case {
+    name: String,
+    mode: String,
+    #[serde(default)]
+    points: Vec<[f32; 2]>,
+    #[serde(default)]
+    labels: Vec<i32>,
+    #[serde(rename = "box")]
+    bbox: Option<[f32; 4]>,
+    mask_from: Option<String>,
+    multimask: bool,
+}
+
+#[derive(Debug, Deserialize)]
+struct Cases {
+    cases: Vec<Case>,
+}
+
+fn cases() -> Vec<Case> {
+    let text = std::fs::read_to_string(fixture_dir("refiner").join("cases.json")).unwrap();
+    serde_json::from_str::<Cases>(&text).unwrap().cases
+}
+
+fn refiner_path() -> PathBuf {
+    fixture_dir("refiner").join("refiner.safetensors")
+}
+
+fn nano_model() -> (Sam2Base, BaseIdentity) {
+    let mut config = Sam2Config::load(nano::PRESET).unwrap();
+    config.apply_build_overrides(BuildMode::Image);
+    let weights = nano::weights().unwrap();
+    let base = BaseIdentity {
+        config: nano::PRESET.into(),
+        weights_hash: weights.content_hash().unwrap(),
+    };
+    let model = build_model(&config, weights, DType::F32, &Device::Cpu).unwrap();
+    (model, base)
+}
+
+/// The fixture's refiner, with `scale` applied to the tensors whose key contains `defect.0`.
+fn refiner(base: &BaseIdentity, defect: Option<(&str, f64)>) -> Refiner {
+    let Some((pattern, scale)) = defect else {
+        return Refiner::load(&refiner_path(), base, DType::F32, &Device::Cpu).unwrap();
+    };
+    let mut file = WeightFile::load(&refiner_path()).unwrap();
+    let mut hit = false;
+    for (key, t) in file.tensors.iter_mut() {
+        if key.contains(pattern) {
+            *t = t.affine(scale, 0.0).unwrap();
+            hit = true;
+        }
+    }
+    assert!(hit, "no refiner tensor matches {pattern}");
+    let out = std::env::temp_dir().join(format!(
+        "sam2refiner-defect-{}-{}.safetensors",
+        std::process::id(),
+        pattern.replace('.', "_")
+    ));
+    // Saved with the fixture's metadata, so the base check still passes.
+    let metadata = safetensors_metadata(&refiner_path());
+    let tensors: Vec<(String, Tensor)> = file.tensors.into_iter().collect();
+    candle_core::safetensors::save(&tensors.into_iter().collect(), &out).unwrap();
+    rewrite_metadata(&out, &metadata);
+    let refiner = Refiner::load(&out, base, DType::F32, &Device::Cpu).unwrap();
+    std::fs::remove_file(&out).ok();
+    refiner
+}
+
+fn safetensors_metadata(path: &PathBuf) -> std::collections::HashMap<String, String> {
+    let bytes = std::fs::read(path).unwrap();
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    meta.metadata().clone().unwrap_or_default()
+}
+
+/// Re-writes a safetensors file with `metadata` (candle's writer has none).
+fn rewrite_metadata(path: &PathBuf, metadata: &std::collections::HashMap<String, String>) {
+    let bytes = std::fs::read(path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let views: Vec<(String, safetensors::tensor::TensorView)> = st
+        .tensors()
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+    let out = safetensors::serialize(views, Some(metadata.clone())).unwrap();
+    std::fs::write(path, out).unwrap();
+}
+
+fn expected() -> std::collections::HashMap<String, Tensor> {
+    candle_core::safetensors::load(
+        fixture_dir("refiner").join("expected.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap()
+}
+
+/// Every case's prediction by the engine: (name, prediction).
+fn run_cases(model: &Sam2Base, refiner: &Refiner) -> Vec<(String, ImagePrediction)> {
+    let image = RgbImage::read_png(&fixture_dir("refiner").join("frame.png")).unwrap();
+    let rgb = image.to_tensor(&Device::Cpu).unwrap();
+    let mut predictors = std::collections::HashMap::new();
+    let mut out: Vec<(String, ImagePrediction)> = Vec::new();
+    for case in cases() {
+        let mode: RefineMode = case.mode.parse().unwrap();
+        let predictor = predictors.entry(case.mode.clone()).or_insert_with(|| {
+            let mut p = ImagePredictor::with_refiner(model, refiner, mode);
+            p.set_image(&rgb).unwrap();
+            p
+        });
+        let mut prompt = ImagePrompt::clicks_and_box(&case.points, &case.labels, case.bbox);
+        if let Some(from) = &case.mask_from {
+            let (_, previous) = out.iter().find(|(n, _)| n == from).unwrap();
+            let best = previous.best_index().unwrap();
+            prompt.mask_input = Some(
+                previous
+                    .low_res
+                    .get(best)
+                    .unwrap()
+                    .unsqueeze(0)
+                    .unwrap()
+                    .unsqueeze(0)
+                    .unwrap(),
+            );
+        }
+        assert_eq!(prompt.is_ambiguous(), case.multimask, "{}", case.name);
+        let prediction = predictor.predict(&prompt, case.multimask).unwrap();
+        assert_eq!(prediction.refined, mode != RefineMode::Off, "{}", case.name);
+        out.push((case.name, prediction));
+    }
+    out
+}
+
+fn all_match(outputs: &[(String, ImagePrediction)]) -> bool {
+    let expected = expected();
+    outputs.iter().all(|(name, p)| {
+        logits_match(&p.masks, &expected[&format!("{name}/masks")])
+            && logits_match(&p.iou, &expected[&format!("{name}/iou")])
+    })
+}
+
+#[test]
+fn the_refiner_matches_pytorch_in_every_mode() {
+    let (model, base) = nano_model();
+    let refiner = refiner(&base, None);
+    let expected = expected();
+    for (name, p) in run_cases(&model, &refiner) {
+        assert_logits_match(
+            &format!("{name} masks"),
+            &p.masks,
+            &expected[&format!("{name}/masks")],
+        );
+        assert_logits_match(
+            &format!("{name} iou"),
+            &p.iou,
+            &expected[&format!("{name}/iou")],
+        );
+    }
+}
+
+#[test]
+fn with_the_refiner_off_the_output_is_plain_sam2_bit_for_bit() {
+    let (model, base) = nano_model();
+    let refiner = refiner(&base, None);
+    let image = RgbImage::read_png(&fixture_dir("refiner").join("frame.png")).unwrap();
+    let rgb = image.to_tensor(&Device::Cpu).unwrap();
+    let mut plain = ImagePredictor::new(&model);
+    plain.set_image(&rgb).unwrap();
+    let mut off = ImagePredictor::with_refiner(&model, &refiner, RefineMode::Off);
+    off.set_image(&rgb).unwrap();
+    for case in cases() {
+        let prompt = ImagePrompt::clicks_and_box(&case.points, &case.labels, case.bbox);
+        let a = plain.predict(&prompt, case.multimask).unwrap();
+        let b = off.predict(&prompt, case.multimask).unwrap();
+        let diff = (a.masks - b.masks)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap();
+        assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0, "{}", case.name);
+        assert!(!b.refined);
+    }
+}
+
+#[test]
+fn a_refiner_for_another_base_is_refused_with_the_reason() {
+    let other = BaseIdentity {
+        config: "sam2.1_hiera_t".into(),
+        weights_hash: "0".repeat(64),
+    };
+    let err = Refiner::load(&refiner_path(), &other, DType::F32, &Device::Cpu)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("trained for the base model sam2.1_nano")
+            && err.contains("not for the loaded sam2.1_hiera_t"),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_base_weights_hash_is_the_one_pytorch_recorded() {
+    let (_, base) = nano_model();
+    let recorded = safetensors_metadata(&refiner_path());
+    assert_eq!(recorded["base_weights_hash"], base.weights_hash);
+    assert_eq!(recorded["base_config"], nano::PRESET);
+}
+
+#[test]
+fn a_file_that_is_not_a_refiner_is_refused() {
+    let (_, base) = nano_model();
+    let path = fixture_dir("nano").join("../../../models/nano/sam2.1_nano.safetensors");
+    let err = Refiner::load(&path, &base, DType::F32, &Device::Cpu)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("not a refiner file"), "{err}");
+}
+
+/// Each module's path changes the output: silenced, the fixture rejects it.
+#[test]
+fn every_refiner_path_is_caught_when_silenced() {
+    let (model, base) = nano_model();
+    for pattern in [
+        "localization_augment.levels.0.gate",
+        "localization_augment.levels.1.gate",
+        "localization_augment.levels.2.gate",
+        "localization_augment.levels.2.position_bias",
+        "prompt_retargeting.gate",
+        "prompt_retargeting.mask_gate",
+        "mask_refinement.delta_s2",
+        "mask_refinement.delta_s1",
+        "mask_refinement.local_proj",
+    ] {
+        let refiner = refiner(&base, Some((pattern, 0.0)));
+        assert!(
+            !all_match(&run_cases(&model, &refiner)),
+            "the fixture still matches with {pattern} zeroed"
+        );
+    }
+}
