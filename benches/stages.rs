@@ -190,6 +190,7 @@ fn main() -> anyhow::Result<()> {
             prev_mask_logits: None,
             run_mem_encoder: true,
             batch: b,
+            refine: None,
         })?;
         let (mem, pos) = first.memory.as_ref().expect("memory");
         let (mem, ptr) = (mem.narrow(0, 0, 1)?, first.heads.obj_ptr.narrow(0, 0, 1)?);
@@ -219,6 +220,7 @@ fn main() -> anyhow::Result<()> {
             prev_mask_logits: None,
             run_mem_encoder: true,
             batch: b,
+            refine: None,
         };
         let keys = objects[0].memories.len() * e * e
             + objects[0].pointers.len() * config.hidden_dim() / config.mem_dim();
@@ -245,6 +247,7 @@ fn main() -> anyhow::Result<()> {
                         None,
                         high_res_b.as_ref().map(|(a, c)| (a, c)),
                         true,
+                        None,
                     )
                     .unwrap()
             },

@@ -1,7 +1,9 @@
 //! The refiner's image path against its PyTorch reference (`models/refiner/make_fixture.py`):
 //! the built-in nano model with a refiner of active random weights, in quadrant and ROI mode,
 //! on clicks, a box, clicks with a box, and a click with a mask prompt. With the refiner off,
-//! the output is plain SAM 2 bit for bit; a refiner for another base refuses to load. Each
+//! the output is plain SAM 2 bit for bit; a refiner for another base refuses to load. The
+//! streaming tracker with the refiner against the official video predictor with it
+//! (`models/refiner/video_path.py`), in each mode and with either mask fed to the memory. Each
 //! module's path is shown to matter: silenced, the comparison fails.
 
 mod common;
@@ -11,11 +13,13 @@ use std::path::PathBuf;
 use candle_core::{DType, Device, Tensor};
 use common::{assert_logits_match, fixture_dir, logits_match};
 use gstsam2refiner::image::RgbImage;
-use gstsam2refiner::model::refiner::{BaseIdentity, RefineMode, Refiner};
+use gstsam2refiner::model::refiner::{BaseIdentity, MemoryMask, RefineMode, Refiner};
 use gstsam2refiner::model::weights::{WeightFile, build_model};
 use gstsam2refiner::model::{
     BuildMode, ImagePrediction, ImagePredictor, ImagePrompt, Sam2Base, Sam2Config, nano,
 };
+use gstsam2refiner::prompt::Prompt;
+use gstsam2refiner::tracker::{FrameResize, Tracker, TrackerOptions};
 use serde::Deserialize;
 
 #[derive(Debug, Deserialize)]
@@ -255,6 +259,124 @@ fn every_refiner_path_is_caught_when_silenced() {
         assert!(
             !all_match(&run_cases(&model, &refiner)),
             "the fixture still matches with {pattern} zeroed"
+        );
+    }
+}
+
+/// One object clicked on frame 0 of a fine-structure clip and tracked over frames 1 to 3 by the
+/// streaming tracker with the refiner: (frame, logits at the frame's size).
+fn tracked(
+    base: &BaseIdentity,
+    refiner: Refiner,
+    mode: RefineMode,
+    memory: MemoryMask,
+) -> Vec<(usize, Tensor)> {
+    let mut config = Sam2Config::load(nano::PRESET).unwrap();
+    config.apply_build_overrides(BuildMode::Video);
+    let model = build_model(&config, nano::weights().unwrap(), DType::F32, &Device::Cpu).unwrap();
+    let mut options = TrackerOptions::for_config(&config);
+    // The reference runs the engine's streaming resize, without hole filling (no CUDA extension).
+    options.frame_resize = FrameResize::Bilinear;
+    options.fill_hole_area = 0;
+    options.refine_mode = mode;
+    options.memory_mask = memory;
+    let mut tracker = Tracker::new(model, options);
+    assert_eq!(refiner.base, *base);
+    tracker.set_refiner(Some(refiner));
+    let meta: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture_dir("refiner").join("video.json")).unwrap(),
+    )
+    .unwrap();
+    let click = [
+        meta["click"][0].as_f64().unwrap() as f32,
+        meta["click"][1].as_f64().unwrap() as f32,
+    ];
+    let frames = meta["frames"].as_u64().unwrap() as usize;
+    (0..frames)
+        .map(|t| {
+            let path = fixture_dir("refiner").join(format!("video/{t:04}.png"));
+            let mut output = tracker
+                .push_frame(t as u64, &RgbImage::read_png(&path).unwrap())
+                .unwrap();
+            if t == 0 {
+                let prompt = Prompt {
+                    frame: 0,
+                    object: 1,
+                    points: vec![click],
+                    labels: vec![1],
+                    bbox: None,
+                    mask: None,
+                };
+                tracker.add_prompt(&prompt).unwrap();
+                output = tracker.output(0).unwrap();
+            }
+            assert!(output.objects[0].refined.is_some(), "frame {t} not refined");
+            let (_, logits) = tracker.frame_logits(&output).unwrap().remove(0);
+            (t, logits)
+        })
+        .collect()
+}
+
+const VIDEO_CASES: [(RefineMode, MemoryMask); 3] = [
+    (RefineMode::Quadrants, MemoryMask::Refined),
+    (RefineMode::Roi, MemoryMask::Refined),
+    (RefineMode::Quadrants, MemoryMask::Sam2),
+];
+
+fn video_expected() -> std::collections::HashMap<String, Tensor> {
+    candle_core::safetensors::load(
+        fixture_dir("refiner").join("video.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap()
+}
+
+#[test]
+fn the_refined_tracker_matches_pytorch_in_every_mode() {
+    let (_, base) = nano_model();
+    let expected = video_expected();
+    for (mode, memory) in VIDEO_CASES {
+        for (t, logits) in tracked(&base, refiner(&base, None), mode, memory) {
+            let key = format!("{mode}/{memory}/frame{t}");
+            assert_logits_match(&key, &logits, &expected[&key]);
+        }
+    }
+}
+
+/// What the memory is fed matters after the prompted frame, and each module's path matters on
+/// tracked frames: changed, the tracked frames no longer match.
+#[test]
+fn the_video_fixture_catches_the_memory_mask_and_silenced_paths() {
+    let (_, base) = nano_model();
+    let expected = video_expected();
+    let matches = |mode: RefineMode, recorded: MemoryMask, run: MemoryMask, defect| {
+        tracked(&base, refiner(&base, defect), mode, run)
+            .iter()
+            .all(|(t, logits)| {
+                logits_match(logits, &expected[&format!("{mode}/{recorded}/frame{t}")])
+            })
+    };
+    assert!(
+        !matches(
+            RefineMode::Quadrants,
+            MemoryMask::Refined,
+            MemoryMask::Sam2,
+            None
+        ),
+        "the memory mask changes nothing"
+    );
+    for pattern in [
+        "localization_augment.levels.2.gate",
+        "mask_refinement.delta_s1",
+    ] {
+        assert!(
+            !matches(
+                RefineMode::Roi,
+                MemoryMask::Refined,
+                MemoryMask::Refined,
+                Some((pattern, 0.0))
+            ),
+            "the video fixture still matches with {pattern} zeroed"
         );
     }
 }

@@ -144,6 +144,7 @@ fn a_batch_of_objects_equals_each_object_alone() {
                 prev_mask_logits: None,
                 run_mem_encoder: true,
                 batch: objects.len(),
+                refine: None,
             })
             .unwrap()
     };

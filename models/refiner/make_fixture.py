@@ -8,6 +8,12 @@ path pass. The frame is a held-out nano scene resized to 240×336, so the quadra
 the input size and the frame is not square. Writes `tests/fixtures/refiner/`: `frame.png`,
 `refiner.safetensors`, `cases.json` and `expected.safetensors`.
 
+The video path: the official video predictor with the refiner in its SAM heads (`video_path.py`), one click
+on frame 0 of a moving fine-structure clip at 192×256, tracked over frames 1 to 3, in each mode and with
+either mask fed to the memory: `video/NNNN.png` and `video.safetensors`. The clip is declared 16 frames
+long (only the first 4 are run): the official predictor normalises pointer distances by
+min(num_frames, 16) - 1, our streaming tracker by 15 (see `models/nano/make_fixture.py`).
+
     /opt/sam2-reference/bin/python models/refiner/make_fixture.py
 """
 
@@ -15,6 +21,7 @@ from __future__ import annotations
 
 import json
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -27,13 +34,19 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "nano"))
 
 import scenes  # noqa: E402
+import fine_scenes  # noqa: E402
 from common import EVAL_SEED_BASE, WEIGHTS, bounding_box, build_model, interior_point  # noqa: E402
+from evaluate import VIDEO_OVERRIDES, load  # noqa: E402  (models/nano/evaluate.py)
 from image_path import RefinedImagePredictor  # noqa: E402
 from refiner import Refiner, save_refiner  # noqa: E402
+from video_path import RefinedVideoPredictor  # noqa: E402
 
 OUT = HERE.parents[1] / "tests" / "fixtures" / "refiner"
 SEED = EVAL_SEED_BASE + 3_000_000  # past the nano fixture's
 FRAME_HW = (240, 336)
+VIDEO_HW = (192, 256)
+VIDEO_RUN, VIDEO_DECLARED = 4, 16
+VIDEO_CASES = (("quadrants", "refined"), ("roi", "refined"), ("quadrants", "sam2"))
 
 
 def active_refiner(seed: int) -> Refiner:
@@ -117,6 +130,58 @@ def main() -> None:
     (OUT / "cases.json").write_text(json.dumps({"cases": cases}, indent=1) + "\n")
     save_file({k: v.contiguous() for k, v in expected.items()}, str(OUT / "expected.safetensors"))
     print(f"wrote {OUT}: {len(cases)} cases")
+    record_video(refiner)
+
+
+def video_frames() -> tuple[list[np.ndarray], torch.Tensor]:
+    """A moving fine-structure clip at VIDEO_HW (uint8 HWC) and the first frame's target mask."""
+    seed = SEED
+    while True:
+        scene = fine_scenes.random_fine_scene(seed, size=512)
+        image, alpha = scene.render(0.0)
+        big = [k for k in range(len(alpha)) if (alpha[k] > 0.5).sum() >= 4000]
+        if big:
+            break
+        seed += 1
+    frames = []
+    for t in range(VIDEO_DECLARED):
+        image, _ = scene.render(float(t))
+        small = F.interpolate(image[None], size=VIDEO_HW, mode="bilinear", align_corners=False, antialias=True)[0]
+        frames.append(np.ascontiguousarray((small.permute(1, 2, 0) * 255).round().clamp(0, 255).to(torch.uint8).numpy()))
+    target = F.interpolate(alpha[big[0]][None, None], size=VIDEO_HW, mode="bilinear", antialias=True)[0, 0] > 0.5
+    return frames, target
+
+
+@torch.inference_mode()
+def record_video(refiner: Refiner) -> None:
+    (OUT / "video").mkdir(exist_ok=True)
+    frames, target = video_frames()
+    for t in range(VIDEO_RUN):
+        Image.fromarray(frames[t]).save(OUT / "video" / f"{t:04}.png")
+    click = list(interior_point(target))
+    expected = {}
+    for mode, memory in VIDEO_CASES:
+        predictor = load(build_model(VIDEO_OVERRIDES), WEIGHTS)
+        video = RefinedVideoPredictor(predictor, refiner, mode, memory)
+        video.frames = frames
+        with tempfile.TemporaryDirectory() as d:
+            for t in range(VIDEO_DECLARED):
+                Image.new("RGB", (8, 8)).save(Path(d, f"{t:05}.jpg"))
+            state = predictor.init_state(d)
+        # The engine's streaming input (bilinear, antialiased), not the official loader's PIL resize.
+        state["images"] = torch.stack([video.transform(f) for f in frames])
+        state["video_height"], state["video_width"] = VIDEO_HW
+        state["cached_features"] = {}
+        predictor.add_new_points_or_box(state, 0, 1, points=np.array([click], np.float32), labels=np.array([1]))
+        for t, _, _ in predictor.propagate_in_video(state):
+            refined = video.refined[(t, 0)]
+            expected[f"{mode}/{memory}/frame{t}"] = F.interpolate(
+                refined, size=VIDEO_HW, mode="bilinear", align_corners=False)[0, 0].float().clone()
+            if t == VIDEO_RUN - 1:
+                break
+    (OUT / "video.json").write_text(json.dumps({"click": click, "frames": VIDEO_RUN}) + "\n")
+    save_file({k: v.contiguous() for k, v in expected.items()}, str(OUT / "video.safetensors"))
+    print(f"wrote the video cases: {len(expected)} tensors")
 
 
 if __name__ == "__main__":

@@ -316,9 +316,11 @@ impl<'a> ImagePredictor<'a> {
                 }
                 .predict(prompt, multimask_output)?;
                 let best = plain.masks.get(plain.best_index()?)?;
-                match mask_box(&best)? {
+                match crops::positive_box(&best)? {
                     Some(b) => b,
-                    None => points_box(&prompt.points).unwrap_or([0.0, 0.0, w as f32, h as f32]),
+                    None => {
+                        crops::points_box(&prompt.points).unwrap_or([0.0, 0.0, w as f32, h as f32])
+                    }
                 }
             }
         };
@@ -364,41 +366,4 @@ impl<'a> ImagePredictor<'a> {
         }
         Tensor::from_vec(data, (k, h, w), low_res.device())
     }
-}
-
-/// The bounding box (x0, y0, x1, y1) of the pixels > 0 of logits [H, W], in pixels (x1, y1
-/// inclusive), or None when there are none.
-fn mask_box(logits: &Tensor) -> Result<Option<[f32; 4]>> {
-    let (h, w) = logits.dims2()?;
-    let positive = logits.gt(0f32)?.to_dtype(DType::F32)?;
-    let rows = positive.max(1)?.to_vec1::<f32>()?;
-    let cols = positive.max(0)?.to_vec1::<f32>()?;
-    let first = |v: &[f32]| v.iter().position(|&x| x > 0.0);
-    let last = |v: &[f32]| v.iter().rposition(|&x| x > 0.0);
-    Ok(
-        match (first(&rows), last(&rows), first(&cols), last(&cols)) {
-            (Some(y0), Some(y1), Some(x0), Some(x1)) => {
-                debug_assert!(y1 < h && x1 < w);
-                Some([x0 as f32, y0 as f32, x1 as f32, y1 as f32])
-            }
-            _ => None,
-        },
-    )
-}
-
-/// The bounding box of clicks.
-fn points_box(points: &[[f32; 2]]) -> Option<[f32; 4]> {
-    let first = points.first()?;
-    Some(
-        points
-            .iter()
-            .fold([first[0], first[1], first[0], first[1]], |b, p| {
-                [
-                    b[0].min(p[0]),
-                    b[1].min(p[1]),
-                    b[2].max(p[0]),
-                    b[3].max(p[1]),
-                ]
-            }),
-    )
 }

@@ -14,6 +14,8 @@ use super::memory_attention::MemoryAttention;
 use super::memory_encoder::MemoryEncoder;
 use super::nn::{Activation, Conv2d, Linear, Mlp};
 use super::position_encoding::sine_pe_1d;
+use super::refiner::crops::{CELL, stride2_local};
+use super::refiner::{MemoryMask, RefineStep};
 use super::resample::{Filter, Resampler, resample};
 use super::sam::mask_decoder::{MaskDecoder, MaskDecoderOptions};
 use super::sam::prompt_encoder::{PointInputs, PromptEncoder};
@@ -68,6 +70,8 @@ pub struct SamHeadsOutput {
     pub obj_ptr: Tensor,
     /// [B, 1]
     pub object_score_logits: Tensor,
+    /// With a refiner: the chosen mask refined, [B, 1, S, S] (`NO_OBJ_SCORE` where absent).
+    pub refined_masks: Option<Tensor>,
 }
 
 /// A spatial memory of one object handed to a tracking step.
@@ -121,6 +125,9 @@ pub struct TrackStepInput<'a> {
     pub run_mem_encoder: bool,
     /// Number of objects (the batch); features are shared and broadcast to it.
     pub batch: usize,
+    /// With a refiner: its modules run in the SAM heads, and the memory is encoded from the
+    /// mask its options name.
+    pub refine: Option<RefineStep<'a>>,
 }
 
 /// What a tracking step returns (`track_step`'s `current_out`, plus the IoU).
@@ -291,7 +298,8 @@ impl Sam2Base {
             && (c.multimask_min_pt_num..=c.multimask_max_pt_num).contains(&num_points)
     }
 
-    /// `_forward_sam_heads`: prompt encoder and mask decoder on (memory-conditioned) features.
+    /// `_forward_sam_heads`: prompt encoder and mask decoder on (memory-conditioned) features;
+    /// with `refine`, the refiner's modules in between (`models/refiner/video_path.py`).
     pub fn forward_sam_heads(
         &self,
         backbone_features: &Tensor,
@@ -299,6 +307,7 @@ impl Sam2Base {
         mask_inputs: Option<&Tensor>,
         high_res_features: Option<(&Tensor, &Tensor)>,
         multimask_output: bool,
+        refine: Option<&RefineStep>,
     ) -> Result<SamHeadsOutput> {
         let b = backbone_features.dim(0)?;
         let padding;
@@ -328,15 +337,37 @@ impl Sam2Base {
         let (sparse, dense) = self
             .sam_prompt_encoder
             .forward(Some(points), mask_prompt.as_ref())?;
-        let decoded = self.sam_mask_decoder.forward(
-            backbone_features,
-            self.sam_prompt_encoder.dense_pe(),
-            &sparse,
-            &dense,
-            multimask_output,
-            false,
-            high_res_features,
-        )?;
+        let enhanced = match refine {
+            Some(step) => Some(self.enhance(
+                step,
+                backbone_features,
+                high_res_features,
+                (&sparse, &dense),
+                points,
+                mask_prompt.as_ref(),
+            )?),
+            None => None,
+        };
+        let decoded = match &enhanced {
+            Some([s0, s1, embedding, sparse, dense]) => self.sam_mask_decoder.forward(
+                embedding,
+                self.sam_prompt_encoder.dense_pe(),
+                sparse,
+                dense,
+                multimask_output,
+                false,
+                Some((s0, s1)),
+            )?,
+            None => self.sam_mask_decoder.forward(
+                backbone_features,
+                self.sam_prompt_encoder.dense_pe(),
+                &sparse,
+                &dense,
+                multimask_output,
+                false,
+                high_res_features,
+            )?,
+        };
         let mut low_res_multimasks = decoded.masks;
         let object_score_logits = decoded.object_score_logits;
         let is_obj_appearing = object_score_logits.gt(0.0)?;
@@ -391,6 +422,30 @@ impl Sam2Base {
             };
             obj_ptr = self.blend_no_obj_ptr(obj_ptr, &lambda)?;
         }
+        let refined_masks = match refine {
+            Some(step) => {
+                let refined = step.refiner.mask_refinement.forward(
+                    &low_res_masks,
+                    &decoded.upscaled,
+                    &step
+                        .image
+                        .broadcast_as(step.image.dims4().map(|(_, c, h, w)| (b, c, h, w))?)?
+                        .contiguous()?,
+                    &per_row(step, |l| Ok(stride2_local(l, self.config.image_size)?.0))?,
+                    &per_row(step, |l| Ok(stride2_local(l, self.config.image_size)?.1))?,
+                )?;
+                let absent = Tensor::full(NO_OBJ_SCORE, (), &self.device)?
+                    .to_dtype(refined.dtype())?
+                    .broadcast_as(refined.shape())?;
+                Some(
+                    is_obj_appearing
+                        .reshape((b, 1, 1, 1))?
+                        .broadcast_as(refined.shape())?
+                        .where_cond(&refined, &absent)?,
+                )
+            }
+            None => None,
+        };
         Ok(SamHeadsOutput {
             low_res_multimasks,
             high_res_multimasks,
@@ -400,7 +455,53 @@ impl Sam2Base {
             iou,
             obj_ptr,
             object_score_logits,
+            refined_masks,
         })
+    }
+
+    /// Localization augment on each object's features with its own local features, then prompt
+    /// retargeting: [feat_s0, feat_s1, image embedding, sparse, dense], enhanced.
+    fn enhance(
+        &self,
+        step: &RefineStep,
+        backbone_features: &Tensor,
+        high_res_features: Option<(&Tensor, &Tensor)>,
+        (sparse, dense): (&Tensor, &Tensor),
+        points: &PointInputs,
+        mask_prompt: Option<&Tensor>,
+    ) -> Result<[Tensor; 5]> {
+        let Some((s0, s1)) = high_res_features else {
+            bail!(
+                "the refiner needs a model with high-resolution features (use_high_res_features_in_sam)"
+            );
+        };
+        let b = backbone_features.dim(0)?;
+        if step.locals.len() != b {
+            bail!("{} local features for a batch of {b}", step.locals.len());
+        }
+        let mut levels: [Vec<Tensor>; 3] = Default::default();
+        for (i, local) in step.locals.iter().enumerate() {
+            let global = [
+                s0.narrow(0, i, 1)?,
+                s1.narrow(0, i, 1)?,
+                backbone_features.narrow(0, i, 1)?,
+            ];
+            let out = step.refiner.localization_augment.forward(&global, local)?;
+            for (level, t) in out.into_iter().enumerate() {
+                levels[level].push(t);
+            }
+        }
+        let [s0, s1, embedding] = levels.map(|l| Tensor::cat(&l, 0));
+        let (s0, s1, embedding) = (s0?, s1?, embedding?);
+        let (sparse, dense) = step.refiner.prompt_retargeting.forward(
+            sparse,
+            dense,
+            Some(points),
+            &embedding,
+            mask_prompt,
+            CELL as f32,
+        )?;
+        Ok([s0, s1, embedding, sparse, dense])
     }
 
     /// `obj_ptr = λ·obj_ptr (fixed_no_obj_ptr) + (1-λ)·no_obj_ptr`, λ [B, 1] the appearance weight.
@@ -444,6 +545,7 @@ impl Sam2Base {
                     Some(&small),
                     high_res_features,
                     false,
+                    None,
                 )?
                 .obj_ptr
             }
@@ -469,6 +571,7 @@ impl Sam2Base {
             iou: ious,
             obj_ptr,
             object_score_logits,
+            refined_masks: None,
         })
     }
 
@@ -709,13 +812,24 @@ impl Sam2Base {
                 };
                 let num_points = input.points.map_or(0, |p| p.num_points());
                 let multimask = self.use_multimask(input.is_init_cond_frame, num_points);
-                self.forward_sam_heads(&pix_feat, input.points, mask_inputs, high_res_b, multimask)?
+                self.forward_sam_heads(
+                    &pix_feat,
+                    input.points,
+                    mask_inputs,
+                    high_res_b,
+                    multimask,
+                    input.refine.as_ref(),
+                )?
             }
         };
         let memory = if input.run_mem_encoder && self.config.num_maskmem > 0 {
+            let masks = match (&input.refine, &heads.refined_masks) {
+                (Some(step), Some(refined)) if step.memory_mask == MemoryMask::Refined => refined,
+                _ => &heads.high_res_masks,
+            };
             Some(self.encode_new_memory(
                 input.features,
-                &heads.high_res_masks,
+                masks,
                 &heads.object_score_logits,
                 input.points.is_some(),
             )?)
@@ -738,4 +852,13 @@ pub fn apply_non_overlapping_constraints(masks: &Tensor) -> Result<Tensor> {
     let keep = max_idx.broadcast_eq(&ids)?;
     let clamped = masks.clamp(f64::NEG_INFINITY, -10.0)?;
     keep.where_cond(masks, &clamped)
+}
+
+/// A tensor per object of a refined step, from its local features, stacked on the batch.
+fn per_row(
+    step: &RefineStep,
+    f: impl Fn(&crate::model::refiner::LocalFeatures) -> Result<Tensor>,
+) -> Result<Tensor> {
+    let rows = step.locals.iter().map(f).collect::<Result<Vec<_>>>()?;
+    Tensor::cat(&rows, 0)
 }

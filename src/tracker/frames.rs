@@ -2,7 +2,10 @@
 
 use std::collections::VecDeque;
 
+use candle_core::Tensor;
+
 use crate::model::FrameFeatures;
+use crate::model::refiner::LocalFeatures;
 
 pub(crate) struct HeldFrame {
     pub id: u64,
@@ -11,6 +14,18 @@ pub(crate) struct HeldFrame {
     /// (width, height)
     pub size: (usize, usize),
     pub features: FrameFeatures,
+    /// What the refiner reads of the frame, when the tracker refines.
+    pub refine: Option<FrameForRefiner>,
+}
+
+/// The frame as the refiner needs it: crops are cut from the image itself.
+pub(crate) struct FrameForRefiner {
+    /// u8 [H, W, 3] on the model's device.
+    pub rgb: Tensor,
+    /// The model input [1, 3, S, S].
+    pub input: Tensor,
+    /// In quadrant mode, the quadrants' features (computed once, for every object).
+    pub quadrants: Option<LocalFeatures>,
 }
 
 pub(crate) struct FrameHistory {
@@ -54,12 +69,25 @@ impl FrameHistory {
         self.frames.iter().find(|f| f.index == index)
     }
 
+    pub fn by_index_mut(&mut self, index: i64) -> Option<&mut HeldFrame> {
+        self.frames.iter_mut().find(|f| f.index == index)
+    }
+
     /// Bytes held by the features (the position encodings are shared constants).
     pub fn bytes(&self) -> usize {
+        let of = |t: &Tensor| t.elem_count() * t.dtype().size_in_bytes();
         self.frames
             .iter()
-            .flat_map(|f| f.features.backbone_fpn.iter())
-            .map(|t| t.elem_count() * t.dtype().size_in_bytes())
+            .map(|f| {
+                let refine = f.refine.as_ref().map_or(0, |r| {
+                    of(&r.rgb)
+                        + of(&r.input)
+                        + r.quadrants
+                            .as_ref()
+                            .map_or(0, |q| q.levels.iter().map(of).sum())
+                });
+                f.features.backbone_fpn.iter().map(of).sum::<usize>() + refine
+            })
             .sum()
     }
 }

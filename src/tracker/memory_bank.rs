@@ -23,6 +23,8 @@ pub(crate) struct StoredOutput {
     pub iou: f32,
     /// `maskmem_features` [1, Cm, h, w] in the storage dtype; dropped once no frame can read it.
     pub memory: Option<Tensor>,
+    /// With a refiner: the refined logits [1, 1, S, S]; dropped once the frame is not held.
+    pub refined: Option<Tensor>,
 }
 
 #[derive(Debug, Default)]
@@ -45,11 +47,16 @@ impl MemoryBank {
     /// Bytes held by the stored tensors.
     pub fn bytes(&self) -> usize {
         let of = |o: &StoredOutput| {
-            [Some(&o.low_res), Some(&o.obj_ptr), o.memory.as_ref()]
-                .into_iter()
-                .flatten()
-                .map(|t| t.elem_count() * t.dtype().size_in_bytes())
-                .sum::<usize>()
+            [
+                Some(&o.low_res),
+                Some(&o.obj_ptr),
+                o.memory.as_ref(),
+                o.refined.as_ref(),
+            ]
+            .into_iter()
+            .flatten()
+            .map(|t| t.elem_count() * t.dtype().size_in_bytes())
+            .sum::<usize>()
         };
         self.cond.iter().map(|(_, o)| of(o)).sum::<usize>()
             + self.non_cond.values().map(of).sum::<usize>()
@@ -99,6 +106,16 @@ impl MemoryBank {
         }
         while self.cond.len() > cap.max(2) {
             self.cond.remove(1);
+        }
+    }
+
+    /// Drops the refined logits of frames before `t`: only held frames' outputs are read.
+    pub fn drop_refined_before(&mut self, t: i64) {
+        let outputs = self.cond.iter_mut().map(|(f, o)| (*f, o));
+        for (f, out) in outputs.chain(self.non_cond.iter_mut().map(|(f, o)| (*f, o))) {
+            if f < t {
+                out.refined = None;
+            }
         }
     }
 
@@ -233,6 +250,7 @@ mod tests {
             object_score: tag,
             iou: 1.0,
             memory: Some(t),
+            refined: None,
         }
     }
 

@@ -59,8 +59,9 @@ pub use options::{FrameResize, TrackerOptions};
 use crate::error::{Error, Result};
 use crate::image::RgbImage;
 use crate::model::Sam2Base;
+use crate::model::refiner::{LocalFeatures, RefineMode, RefineStep, Refiner, crops};
 use crate::prompt::Prompt;
-use frames::{FrameHistory, HeldFrame};
+use frames::{FrameForRefiner, FrameHistory, HeldFrame};
 use memory_bank::MemoryBank;
 
 /// A frame as the caller identifies it: an index or a timestamp, increasing.
@@ -74,6 +75,8 @@ pub struct ObjectOutput {
     pub object: ObjectId,
     /// Low-resolution mask logits [4h, 4w] (> 0 is the object), after hole filling.
     pub low_res: Tensor,
+    /// With a refiner: the refined logits [S, S] (the output; `low_res` stays SAM 2's).
+    pub refined: Option<Tensor>,
     /// The object-score logit: below 0, the object is judged absent (its logits are -1024).
     pub object_score: f32,
     /// The predicted IoU of the mask.
@@ -105,6 +108,9 @@ pub enum PromptOutcome {
 #[derive(Debug, Default)]
 struct ObjectTrack {
     bank: MemoryBank,
+    /// ROI mode: the box (x0, y0, x1, y1, input pixels) its next window is placed on: its last
+    /// refined mask's, or its prompt's.
+    roi_box: Option<[f32; 4]>,
 }
 
 pub struct Tracker {
@@ -116,6 +122,8 @@ pub struct Tracker {
     pending: Vec<(Option<FrameId>, Prompt)>,
     /// Internal index of the next frame (0 after a reset): temporal distances are counted in it.
     next_index: i64,
+    /// Refines the masks when `options.refine_mode` is not `Off`.
+    refiner: Option<Refiner>,
 }
 
 impl Tracker {
@@ -128,7 +136,28 @@ impl Tracker {
             objects: BTreeMap::new(),
             pending: Vec::new(),
             next_index: 0,
+            refiner: None,
         }
+    }
+
+    /// Sets or removes the refiner (trained for this tracker's model: see `Refiner::load`); it
+    /// refines the masks from the next step on, where `options.refine_mode` says.
+    pub fn set_refiner(&mut self, refiner: Option<Refiner>) {
+        self.refiner = refiner;
+    }
+
+    pub fn refiner(&self) -> Option<&Refiner> {
+        self.refiner.as_ref()
+    }
+
+    /// Sets where the refiner looks (`Off`: plain SAM 2), from the next step on.
+    pub fn set_refine_mode(&mut self, mode: RefineMode) {
+        self.options.refine_mode = mode;
+    }
+
+    /// Whether steps run the refiner: a refiner is set and the mode is not `Off`.
+    pub fn refining(&self) -> bool {
+        self.refiner.is_some() && self.options.refine_mode != RefineMode::Off
     }
 
     pub fn model(&self) -> &Sam2Base {
@@ -193,19 +222,35 @@ impl Tracker {
         let size = (image.width, image.height);
         self.check_frame(frame, size)?;
         let input = step::frame_input(&self.model, image, self.options.frame_resize)?;
-        self.push_checked(frame, &input, size)
+        let refine = if self.refining() {
+            Some(FrameForRefiner {
+                rgb: image.to_tensor(self.model.device())?,
+                input: input.clone(),
+                quadrants: None,
+            })
+        } else {
+            None
+        };
+        self.push_checked(frame, &input, size, refine)
     }
 
     /// As [`Tracker::push_frame`], for a frame already brought to the model's input ([1, 3, S, S],
-    /// normalised) on the model's device; `size` is the frame's own (width, height).
+    /// normalised) on the model's device; `size` is the frame's own (width, height). Without the
+    /// frame itself the refiner cannot look at it: while refining, use `push_frame`.
     pub fn push_input(
         &mut self,
         frame: FrameId,
         input: &Tensor,
         size: (usize, usize),
     ) -> Result<FrameOutput> {
+        if self.refining() {
+            return Err(Error::Image(
+                "the refiner crops the frame itself: push frames with push_frame while refining"
+                    .into(),
+            ));
+        }
         self.check_frame(frame, size)?;
-        self.push_checked(frame, input, size)
+        self.push_checked(frame, input, size, None)
     }
 
     fn push_checked(
@@ -213,6 +258,7 @@ impl Tracker {
         frame: FrameId,
         input: &Tensor,
         size: (usize, usize),
+        refine: Option<FrameForRefiner>,
     ) -> Result<FrameOutput> {
         let features = self.model.forward_image(input)?;
         let index = self.next_index;
@@ -222,6 +268,7 @@ impl Tracker {
             index,
             size,
             features,
+            refine,
         });
         self.track_all(index)?;
         let waiting: Vec<Prompt> = {
@@ -234,12 +281,14 @@ impl Tracker {
         for prompt in waiting {
             self.apply_prompt(index, &prompt)?;
         }
+        let oldest_held = index + 1 - self.options.feature_history.max(1) as i64;
         for track in self.objects.values_mut() {
             track.bank.prune(
                 index,
                 &self.model.config,
                 self.options.max_conditioning_memories,
             );
+            track.bank.drop_refined_before(oldest_held);
         }
         self.output(frame)
     }
@@ -374,6 +423,9 @@ impl Tracker {
 
     /// Plain tracking of every object on frame `index`, batched by memory-bank size.
     fn track_all(&mut self, index: i64) -> Result<()> {
+        if self.objects.values().any(|t| !t.bank.is_empty()) {
+            self.prepare_refiner(index)?;
+        }
         let held = self
             .frames
             .by_index(index)
@@ -397,15 +449,137 @@ impl Tracker {
                 .iter()
                 .map(|id| self.objects[id].bank.select(index, config, pos_enc))
                 .collect();
-            let outputs = step::track(&self.model, &self.options, &held.features, &selections)?;
+            let locals = self.locals_for(held, ids, |id| self.objects[&id].roi_box)?;
+            let refine = self.refine_step(held, locals.as_deref());
+            let outputs = step::track(
+                &self.model,
+                &self.options,
+                &held.features,
+                &selections,
+                refine,
+            )?;
             results.extend(ids.iter().copied().zip(outputs));
         }
         for (id, out) in results {
+            let roi = self.next_roi_box(&out)?;
             if let Some(track) = self.objects.get_mut(&id) {
+                track.roi_box = roi.or(track.roi_box);
                 track.bank.insert_non_cond(index, out);
             }
         }
         Ok(())
+    }
+
+    /// In quadrant mode, the frame's quadrant features, once.
+    fn prepare_refiner(&mut self, index: i64) -> Result<()> {
+        if !self.refining() || self.options.refine_mode != RefineMode::Quadrants {
+            return Ok(());
+        }
+        let s = self.model.config.image_size;
+        let model = &self.model;
+        let Some(held) = self.frames.by_index_mut(index) else {
+            return Ok(());
+        };
+        if let Some(refine) = held.refine.as_mut()
+            && refine.quadrants.is_none()
+        {
+            refine.quadrants = Some(crops::local_features(
+                model,
+                &refine.rgb,
+                &crops::quadrant_origins(s),
+            )?);
+        }
+        Ok(())
+    }
+
+    /// The local features of each object of a step (None when not refining): the frame's
+    /// quadrants, or one window per object on its ROI box (`roi_box` of an object).
+    fn locals_for(
+        &self,
+        held: &HeldFrame,
+        ids: &[ObjectId],
+        roi_box: impl Fn(ObjectId) -> Option<[f32; 4]>,
+    ) -> Result<Option<Vec<LocalFeatures>>> {
+        let Some(refine) = held.refine.as_ref().filter(|_| self.refining()) else {
+            return Ok(None);
+        };
+        let s = self.model.config.image_size;
+        Ok(Some(match self.options.refine_mode {
+            RefineMode::Quadrants => {
+                let quadrants = refine.quadrants.as_ref().ok_or_else(|| {
+                    Error::Candle(candle_core::Error::Msg(
+                        "the frame's quadrants were not encoded".into(),
+                    ))
+                })?;
+                vec![quadrants.clone(); ids.len()]
+            }
+            RefineMode::Roi => {
+                let whole = [0.0, 0.0, s as f32, s as f32];
+                let origins: Vec<_> = ids
+                    .iter()
+                    .map(|&id| crops::roi_origin(roi_box(id).unwrap_or(whole), s))
+                    .collect();
+                crops::window_features(&self.model, &refine.rgb, &origins)?
+            }
+            RefineMode::Off => return Ok(None),
+        }))
+    }
+
+    fn refine_step<'a>(
+        &'a self,
+        held: &'a HeldFrame,
+        locals: Option<&'a [LocalFeatures]>,
+    ) -> Option<RefineStep<'a>> {
+        Some(RefineStep {
+            refiner: self.refiner.as_ref()?,
+            locals: locals?,
+            image: &held.refine.as_ref()?.input,
+            memory_mask: self.options.memory_mask,
+        })
+    }
+
+    /// ROI mode: the box of a step's refined mask, where the object's next window goes.
+    fn next_roi_box(&self, out: &memory_bank::StoredOutput) -> Result<Option<[f32; 4]>> {
+        match (&out.refined, self.options.refine_mode) {
+            (Some(refined), RefineMode::Roi) => Ok(crops::positive_box(refined)?),
+            _ => Ok(None),
+        }
+    }
+
+    /// ROI mode, an object's first prompt: the window goes on its box, else on its clicks, else
+    /// on its mask prompt's box (input pixels).
+    fn prompt_roi_box(&self, prompt: &Prompt, (w, h): (usize, usize)) -> Option<[f32; 4]> {
+        let s = self.model.config.image_size as f32;
+        let to_input = |[x0, y0, x1, y1]: [f32; 4]| {
+            [
+                x0 / w as f32 * s,
+                y0 / h as f32 * s,
+                x1 / w as f32 * s,
+                y1 / h as f32 * s,
+            ]
+        };
+        if let Some(b) = prompt.bbox {
+            return Some(to_input(b));
+        }
+        if let Some(b) = crops::points_box(&prompt.points) {
+            return Some(to_input(b));
+        }
+        let mask = prompt.mask.as_ref()?;
+        let (mut x0, mut y0, mut x1, mut y1) = (usize::MAX, usize::MAX, 0, 0);
+        for (i, &v) in mask.data.iter().enumerate() {
+            if v != 0 {
+                let (x, y) = (i % mask.width, i / mask.width);
+                (x0, y0, x1, y1) = (x0.min(x), y0.min(y), x1.max(x), y1.max(y));
+            }
+        }
+        let (sx, sy) = (s / mask.width as f32, s / mask.height as f32);
+        let scaled = [
+            x0 as f32 * sx,
+            y0 as f32 * sy,
+            x1 as f32 * sx,
+            y1 as f32 * sy,
+        ];
+        (x0 <= x1).then_some(scaled)
     }
 
     /// Applies one prompt on held frame `index`: a first prompt or a correction.
@@ -419,7 +593,15 @@ impl Tracker {
                     prompt.object, prompt.frame
                 ))
             })?;
-        let track = self.objects.entry(prompt.object).or_default();
+        let size = held.size;
+        let known_roi = self.objects.get(&prompt.object).and_then(|t| t.roi_box);
+        let roi = known_roi.or_else(|| self.prompt_roi_box(prompt, size));
+        self.objects.entry(prompt.object).or_default();
+        self.prepare_refiner(index)?;
+        let held = self.frames.by_index(index).expect("a held frame");
+        let locals = self.locals_for(held, &[prompt.object], |_| roi)?;
+        let refine = self.refine_step(held, locals.as_deref());
+        let track = &self.objects[&prompt.object];
         let pos_enc = self.model.memory_encoder.pos_enc();
         let previous = track.bank.output_at(index);
         let correction = previous.map(|prev| {
@@ -434,8 +616,15 @@ impl Tracker {
             held,
             prompt,
             correction.as_ref().map(|(l, s)| (l, s)),
+            refine,
         )?;
         let conditioning = correction.is_none() || self.options.corrections_become_conditioning;
+        drop(correction);
+        let roi = self.next_roi_box(&stored)?.or(roi);
+        let track = self.objects.get_mut(&prompt.object).expect("just inserted");
+        if self.options.refine_mode == RefineMode::Roi {
+            track.roi_box = roi;
+        }
         let output = step::object_output(prompt.object, &stored, conditioning)?;
         let config = &self.model.config;
         if conditioning {

@@ -4,6 +4,7 @@
 use candle_core::DType;
 
 use crate::model::Sam2Config;
+use crate::model::refiner::{MemoryMask, RefineMode};
 
 /// How frames are brought to the model's input size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,6 +40,11 @@ pub struct TrackerOptions {
     /// and bit-exact parity), or the model's dtype.
     pub memory_dtype: DType,
     pub frame_resize: FrameResize,
+    /// Where the refiner's localization augment looks, when the tracker has a refiner
+    /// (`Tracker::set_refiner`); `Off` tracks with plain SAM 2.
+    pub refine_mode: RefineMode,
+    /// What the memory encoder of a refined step is fed.
+    pub memory_mask: MemoryMask,
 }
 
 impl TrackerOptions {
@@ -55,6 +61,8 @@ impl TrackerOptions {
             clear_memories_around_prompts: config.clear_non_cond_mem_around_input.unwrap_or(false),
             memory_dtype: DType::BF16,
             frame_resize: FrameResize::Pil,
+            refine_mode: RefineMode::Off,
+            memory_mask: MemoryMask::default(),
         }
     }
 }

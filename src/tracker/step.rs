@@ -10,6 +10,7 @@ use super::{FrameOutput, ObjectId, ObjectOutput};
 use crate::error::{Error, Result};
 use crate::image::{RgbImage, resize_bicubic};
 use crate::model::fill_holes::fill_holes;
+use crate::model::refiner::{MemoryMask, RefineStep};
 use crate::model::resample::{Filter, resample};
 use crate::model::sam2_base::{SamHeadsOutput, apply_non_overlapping_constraints};
 use crate::model::transforms::{image_to_input, normalize, upsample_logits};
@@ -73,6 +74,10 @@ fn keep(
             Some(m) => Some(m.narrow(0, row, 1)?.to_dtype(options.memory_dtype)?),
             None => None,
         },
+        refined: match &heads.refined_masks {
+            Some(r) => Some(pick(r)?.to_dtype(DType::F32)?),
+            None => None,
+        },
     })
 }
 
@@ -90,6 +95,7 @@ pub(crate) fn track(
     options: &TrackerOptions,
     features: &FrameFeatures,
     objects: &[ObjectMemory],
+    refine: Option<RefineStep>,
 ) -> Result<Vec<StoredOutput>> {
     let out = model.track_step(&TrackStepInput {
         features,
@@ -101,6 +107,7 @@ pub(crate) fn track(
         prev_mask_logits: None,
         run_mem_encoder: true,
         batch: objects.len(),
+        refine,
     })?;
     let memory = out.memory.as_ref().map(|(m, _)| m);
     (0..objects.len())
@@ -118,6 +125,7 @@ pub(crate) fn prompt(
     frame: &HeldFrame,
     prompt: &Prompt,
     correction: Option<(&Tensor, &ObjectMemory)>,
+    refine: Option<RefineStep>,
 ) -> Result<StoredOutput> {
     let device = model.device();
     let s = model.config.image_size as f32;
@@ -175,11 +183,15 @@ pub(crate) fn prompt(
         prev_mask_logits: prev.as_ref(),
         run_mem_encoder: false,
         batch: 1,
+        refine,
     })?;
     let mut stored = keep(options, &out.heads, 0, None)?;
     if model.config.num_maskmem > 0 {
         let size = model.config.image_size;
-        let high_res = upsample_logits(&stored.low_res, (size, size))?.to_dtype(model.dtype())?;
+        let high_res = match (&stored.refined, refine.map(|r| r.memory_mask)) {
+            (Some(refined), Some(MemoryMask::Refined)) => refined.to_dtype(model.dtype())?,
+            _ => upsample_logits(&stored.low_res, (size, size))?.to_dtype(model.dtype())?,
+        };
         let (memory, _) = model.encode_new_memory(
             &frame.features,
             &high_res,
@@ -199,6 +211,10 @@ pub(crate) fn object_output(
     Ok(ObjectOutput {
         object,
         low_res: out.low_res.squeeze(0)?.squeeze(0)?,
+        refined: match &out.refined {
+            Some(r) => Some(r.squeeze(0)?.squeeze(0)?),
+            None => None,
+        },
         object_score: out.object_score,
         iou: out.iou,
         conditioning,
@@ -214,12 +230,25 @@ pub(crate) fn frame_logits(
     if output.objects.is_empty() {
         return Ok(Vec::new());
     }
-    let low: Vec<Tensor> = output
-        .objects
-        .iter()
-        .map(|o| o.low_res.unsqueeze(0))
-        .collect::<candle_core::Result<_>>()?;
-    let mut all = upsample_logits(&Tensor::stack(&low, 0)?, (h, w))?; // [N, 1, H, W]
+    // Refined logits (S×S) where the refiner ran, SAM 2's low-res ones elsewhere.
+    let mut all = if output.objects.iter().any(|o| o.refined.is_some()) {
+        let per_object: Vec<Tensor> = output
+            .objects
+            .iter()
+            .map(|o| {
+                let logits = o.refined.as_ref().unwrap_or(&o.low_res);
+                upsample_logits(&logits.unsqueeze(0)?.unsqueeze(0)?, (h, w))?.squeeze(0)
+            })
+            .collect::<candle_core::Result<_>>()?;
+        Tensor::stack(&per_object, 0)?
+    } else {
+        let low: Vec<Tensor> = output
+            .objects
+            .iter()
+            .map(|o| o.low_res.unsqueeze(0))
+            .collect::<candle_core::Result<_>>()?;
+        upsample_logits(&Tensor::stack(&low, 0)?, (h, w))? // [N, 1, H, W]
+    };
     if non_overlap {
         all = apply_non_overlapping_constraints(&all)?;
     }

@@ -163,6 +163,7 @@ pub fn replay(
             prev_mask_logits: prev_logits.as_ref(),
             run_mem_encoder: step.run_mem_encoder,
             batch: 1,
+            refine: None,
         };
         let mask_defect = matches!(
             defect,

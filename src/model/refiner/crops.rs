@@ -55,14 +55,10 @@ pub fn roi_origin(bbox: [f32; 4], image_size: usize) -> (usize, usize) {
     (place(bbox[1], bbox[3]), place(bbox[0], bbox[2]))
 }
 
-/// The encoder on half-size crops of `rgb` (u8 [H, W, 3] on the model's device), each resized
-/// to S×S as a frame is, stitched into one grid per level. `origins`: the four quadrants (a 2×2
-/// arrangement) or one ROI.
-pub fn local_features(
-    model: &Sam2Base,
-    rgb: &Tensor,
-    origins: &[(usize, usize)],
-) -> Result<LocalFeatures> {
+/// The encoder's decoder-side levels [stride 4, stride 8, stride 16] of half-size crops of
+/// `rgb` (u8 [H, W, 3] on the model's device), each resized to S×S as a frame is: one batch,
+/// one crop per row.
+fn encode_crops(model: &Sam2Base, rgb: &Tensor, origins: &[(usize, usize)]) -> Result<Vec<Tensor>> {
     let s = model.config.image_size;
     let (h, w, _) = rgb.dims3()?;
     let crops = origins
@@ -75,13 +71,49 @@ pub fn local_features(
         .collect::<Result<Vec<_>>>()?;
     let features = model.forward_image(&Tensor::cat(&crops, 0)?)?;
     let n = features.backbone_fpn.len();
+    Ok(features.backbone_fpn[n - 3..].to_vec())
+}
+
+/// One ROI window per origin (e.g. one per tracked object), encoded in one batch.
+pub fn window_features(
+    model: &Sam2Base,
+    rgb: &Tensor,
+    origins: &[(usize, usize)],
+) -> Result<Vec<LocalFeatures>> {
+    let levels = encode_crops(model, rgb, origins)?;
+    let half_cells = model.config.image_size / 2 / CELL;
+    origins
+        .iter()
+        .enumerate()
+        .map(|(i, &(r, c))| {
+            Ok(LocalFeatures {
+                levels: levels
+                    .iter()
+                    .map(|l| l.narrow(0, i, 1))
+                    .collect::<Result<_>>()?,
+                region: (r / CELL, c / CELL, half_cells, half_cells),
+            })
+        })
+        .collect()
+}
+
+/// The encoder on half-size crops of `rgb` (u8 [H, W, 3] on the model's device), each resized
+/// to S×S as a frame is, stitched into one grid per level. `origins`: the four quadrants (a 2×2
+/// arrangement) or one ROI.
+pub fn local_features(
+    model: &Sam2Base,
+    rgb: &Tensor,
+    origins: &[(usize, usize)],
+) -> Result<LocalFeatures> {
+    let s = model.config.image_size;
+    let levels_of_crops = encode_crops(model, rgb, origins)?;
     let mut rows: Vec<usize> = origins.iter().map(|o| o.0).collect();
     let mut cols: Vec<usize> = origins.iter().map(|o| o.1).collect();
     rows.sort_unstable();
     rows.dedup();
     cols.sort_unstable();
     cols.dedup();
-    let levels = features.backbone_fpn[n - 3..]
+    let levels = levels_of_crops
         .iter()
         .map(|level| {
             let grid_rows = rows
@@ -112,6 +144,46 @@ pub fn local_features(
             cols.len() * half_cells,
         ),
     })
+}
+
+/// The bounding box (x0, y0, x1, y1) of the pixels > 0 of logits [.., H, W] (the last two
+/// dimensions; x1, y1 inclusive), in pixels, or None when there are none. Two small downloads.
+pub fn positive_box(logits: &Tensor) -> Result<Option<[f32; 4]>> {
+    let rank = logits.rank();
+    let (h, w) = (logits.dim(rank - 2)?, logits.dim(rank - 1)?);
+    let positive = logits
+        .reshape((h, w))?
+        .gt(0f32)?
+        .to_dtype(candle_core::DType::F32)?;
+    let rows = positive.max(1)?.to_vec1::<f32>()?;
+    let cols = positive.max(0)?.to_vec1::<f32>()?;
+    let first = |v: &[f32]| v.iter().position(|&x| x > 0.0);
+    let last = |v: &[f32]| v.iter().rposition(|&x| x > 0.0);
+    Ok(
+        match (first(&rows), last(&rows), first(&cols), last(&cols)) {
+            (Some(y0), Some(y1), Some(x0), Some(x1)) => {
+                Some([x0 as f32, y0 as f32, x1 as f32, y1 as f32])
+            }
+            _ => None,
+        },
+    )
+}
+
+/// The bounding box of clicks.
+pub fn points_box(points: &[[f32; 2]]) -> Option<[f32; 4]> {
+    let first = points.first()?;
+    Some(
+        points
+            .iter()
+            .fold([first[0], first[1], first[0], first[1]], |b, p| {
+                [
+                    b[0].min(p[0]),
+                    b[1].min(p[1]),
+                    b[2].max(p[0]),
+                    b[3].max(p[1]),
+                ]
+            }),
+    )
 }
 
 /// Localization augment's stride-4 local features placed on the frame's stride-2 grid (zero

@@ -18,7 +18,7 @@ use std::fmt;
 use std::path::Path;
 use std::str::FromStr;
 
-use candle_core::{DType, Device};
+use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
 pub use crops::{LocalFeatures, crop_bounds, local_features, quadrant_origins, roi_origin};
@@ -73,6 +73,56 @@ impl FromStr for RefineMode {
             )),
         }
     }
+}
+
+/// What the memory encoder of a refined tracking step is fed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MemoryMask {
+    /// The refined mask: the memory remembers the detail the output shows.
+    #[default]
+    Refined,
+    /// SAM 2's own mask, as without the refiner: the memory path stays exactly SAM 2's.
+    Sam2,
+}
+
+impl MemoryMask {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Refined => "refined",
+            Self::Sam2 => "sam2",
+        }
+    }
+}
+
+impl fmt::Display for MemoryMask {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for MemoryMask {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        match s {
+            "refined" => Ok(Self::Refined),
+            "sam2" => Ok(Self::Sam2),
+            other => Err(format!(
+                "unknown memory mask {other:?} (expected refined or sam2)"
+            )),
+        }
+    }
+}
+
+/// What a refined tracking step needs beyond SAM 2's inputs.
+#[derive(Debug, Clone, Copy)]
+pub struct RefineStep<'a> {
+    pub refiner: &'a Refiner,
+    /// Each object's local features (one per batch row).
+    pub locals: &'a [LocalFeatures],
+    /// The frame's normalised input [1, 3, S, S].
+    pub image: &'a Tensor,
+    pub memory_mask: MemoryMask,
 }
 
 /// The base model a refiner file was trained on, as its metadata records it.
