@@ -31,6 +31,7 @@ fn sample_masks() -> Vec<ObjectMask> {
             bbox: Some([0.125, 0.25, 0.5, 0.75]),
             mask: meta::gray8_buffer(16, 12, &small).unwrap(),
             carried: false,
+            refined: false,
         },
         ObjectMask {
             object: 7,
@@ -39,6 +40,7 @@ fn sample_masks() -> Vec<ObjectMask> {
             bbox: None,
             mask: meta::gray8_buffer(8, 6, &[0; 48]).unwrap(),
             carried: true,
+            refined: true,
         },
         ObjectMask {
             object: 42,
@@ -47,6 +49,7 @@ fn sample_masks() -> Vec<ObjectMask> {
             bbox: Some([0.0, 0.0, 1.0, 1.0]),
             mask: meta::gray8_buffer(WIDTH, HEIGHT, &full).unwrap(),
             carried: false,
+            refined: false,
         },
     ]
 }
@@ -59,6 +62,7 @@ fn assert_same_masks(got: &[ObjectMask], want: &[ObjectMask]) {
         assert_eq!(g.iou, w.iou);
         assert_eq!(g.bbox, w.bbox);
         assert_eq!(g.carried, w.carried);
+        assert_eq!(g.refined, w.refined);
         assert_eq!(meta::gray8_pixels(&g.mask), meta::gray8_pixels(&w.mask));
     }
 }
@@ -333,6 +337,7 @@ fn structure_layout_is_as_documented() {
             ("bbox", gst::Array::static_type()),
             ("mask", gst::Buffer::static_type()),
             ("carried", glib::Type::BOOL),
+            ("refined", glib::Type::BOOL),
         ]
     );
     let bbox = first.get::<gst::ArrayRef>("bbox").unwrap();

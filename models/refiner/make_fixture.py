@@ -31,7 +31,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "nano"))
+sys.path.append(str(HERE.parent / "nano"))  # after this folder: both have a train.py and an evaluate.py
 
 import scenes  # noqa: E402
 import fine_scenes  # noqa: E402

@@ -13,8 +13,9 @@ use gst::subclass::prelude::*;
 use super::prompt_event::{PromptAction, PromptEvent, PromptSpec};
 use super::render::{INPUT_FORMATS, output_formats};
 use super::worker::{Job, Output, Worker, WorkerSettings};
-use super::{OutputMode, SkipPolicy, timeline};
+use super::{OutputMode, RefineMemoryProp, RefineProp, SkipPolicy, timeline};
 use crate::device::select_device;
+use crate::model::refiner::Refiner;
 use crate::model::weights::build_model;
 use crate::model::{BuildMode, Sam2Config, nano};
 use crate::tracker::{FrameResize, Tracker, TrackerOptions};
@@ -39,11 +40,16 @@ const DEFAULT_MAX_CONDITIONING: u32 = 16;
 const DEFAULT_FILL_HOLE_AREA: i32 = -1;
 const DEFAULT_FEATURE_HISTORY: u32 = 4;
 const DEFAULT_QUEUE_SIZE: u32 = 2;
+/// Live video is the element's first use: one window per object, two encoder passes a frame.
+const DEFAULT_REFINE: RefineProp = RefineProp::Roi;
 
 #[derive(Debug, Clone)]
 struct Settings {
     config: String,
     weights: Option<PathBuf>,
+    refiner_weights: Option<PathBuf>,
+    refine: RefineProp,
+    refine_memory: RefineMemoryProp,
     device: String,
     output: OutputMode,
     matte_objects: String,
@@ -66,6 +72,9 @@ impl Default for Settings {
         Self {
             config: DEFAULT_CONFIG.into(),
             weights: None,
+            refiner_weights: None,
+            refine: DEFAULT_REFINE,
+            refine_memory: RefineMemoryProp::Refined,
             device: DEFAULT_DEVICE.into(),
             output: DEFAULT_OUTPUT,
             matte_objects: String::new(),
@@ -184,6 +193,21 @@ impl ObjectImpl for Sam2Refiner {
                 glib::ParamSpecString::builder("weights")
                     .nick("Weights")
                     .blurb("Model weights: an official .pt checkpoint or a .safetensors file with the same keys; unset: the built-in weights of sam2.1_nano (the only config that has them)")
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecString::builder("refiner-weights")
+                    .nick("Refiner weights")
+                    .blurb("SAM2Refiner modules (a .safetensors refiner file) trained for this model's weights: masks come out refined where `refine` says; unset: plain SAM 2. A file trained for other weights is refused")
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecEnum::builder_with_default("refine", DEFAULT_REFINE)
+                    .nick("Refine")
+                    .blurb("Where the refiner looks, when refiner-weights is set: off (plain SAM 2), quadrants (the frame's four quadrants: finest, five encoder passes a frame), roi (one window on each object: two passes a frame for one object)")
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecEnum::builder_with_default("refine-memory", RefineMemoryProp::Refined)
+                    .nick("Refine memory")
+                    .blurb("What the tracker remembers of a refined frame: refined (the refined mask) or sam2 (SAM 2's own mask, the memory path unchanged)")
                     .mutable_ready()
                     .build(),
                 glib::ParamSpecString::builder("device")
@@ -414,6 +438,9 @@ impl ObjectImpl for Sam2Refiner {
                     .unwrap_or_default()
             }
             "weights" => s.weights = path(value),
+            "refiner-weights" => s.refiner_weights = path(value),
+            "refine" => s.refine = value.get().expect("type checked"),
+            "refine-memory" => s.refine_memory = value.get().expect("type checked"),
             "device" => {
                 s.device = value
                     .get::<Option<String>>()
@@ -453,6 +480,9 @@ impl ObjectImpl for Sam2Refiner {
         match pspec.name() {
             "config" => s.config.to_value(),
             "weights" => path(&s.weights).to_value(),
+            "refiner-weights" => path(&s.refiner_weights).to_value(),
+            "refine" => s.refine.to_value(),
+            "refine-memory" => s.refine_memory.to_value(),
             "device" => s.device.to_value(),
             "output" => s.output.to_value(),
             "matte-objects" => s.matte_objects.to_value(),
@@ -577,15 +607,25 @@ impl Sam2Refiner {
         let device = select_device(&settings.device)
             .map_err(|e| gst::error_msg!(gst::LibraryError::Settings, ("{e}")))?;
         let weights = settings.weights.as_deref();
-        let model = nano::weights_for(&settings.config, weights)
-            .and_then(|file| build_model(&config, file, DType::F32, &device))
-            .map_err(|e| {
-                let kind = match weights {
-                    Some(path) if path.is_file() => gst::ResourceError::OpenRead,
-                    _ => gst::ResourceError::NotFound,
-                };
-                gst::error_msg!(kind, ("{e}"))
-            })?;
+        let open_error = |path: Option<&std::path::Path>, e: crate::Error| {
+            let kind = match path {
+                Some(path) if path.is_file() => gst::ResourceError::OpenRead,
+                _ => gst::ResourceError::NotFound,
+            };
+            gst::error_msg!(kind, ("{e}"))
+        };
+        let file =
+            nano::weights_for(&settings.config, weights).map_err(|e| open_error(weights, e))?;
+        // The refiner is checked against the weights it was trained for before the model is built.
+        let refiner = match settings.refiner_weights.as_deref() {
+            Some(path) => Some(
+                Refiner::load_for_base(path, &settings.config, &file, DType::F32, &device)
+                    .map_err(|e| open_error(Some(path), e))?,
+            ),
+            None => None,
+        };
+        let model =
+            build_model(&config, file, DType::F32, &device).map_err(|e| open_error(weights, e))?;
         let timeline = match &settings.prompts {
             Some(path) => timeline::read(path)
                 .map_err(|e| gst::error_msg!(gst::ResourceError::Read, ("{e}")))?,
@@ -607,6 +647,17 @@ impl Sam2Refiner {
         if settings.fill_hole_area >= 0 {
             options.fill_hole_area = settings.fill_hole_area as usize;
         }
+        options.refine_mode = settings.refine.into();
+        options.memory_mask = settings.refine_memory.into();
+        if let Some(path) = &settings.refiner_weights {
+            gst::info!(
+                CAT,
+                imp = self,
+                "refiner {} in {:?} mode",
+                path.display(),
+                settings.refine
+            );
+        }
         let matte_objects = settings
             .matte_objects
             .split(',')
@@ -627,7 +678,11 @@ impl Sam2Refiner {
         }
         let worker = Worker::spawn(
             self.obj().clone().upcast(),
-            Tracker::new(model, options),
+            {
+                let mut tracker = Tracker::new(model, options);
+                tracker.set_refiner(refiner);
+                tracker
+            },
             WorkerSettings {
                 mode: settings.output,
                 matte_objects,

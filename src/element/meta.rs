@@ -23,6 +23,7 @@
 //! | `bbox`         | `GstValueArray` of 4 `gdouble` | `<x0, y0, x1, y1>` of the mask (> 0.5), normalised to the frame; **absent** when the mask is empty |
 //! | `mask`         | `GstBuffer`                  | the soft matte, GRAY8, 0 = background .. 255 = object |
 //! | `carried`      | `gboolean`                   | the frame was not tracked: this is the last mask carried forward |
+//! | `refined`      | `gboolean`                   | the SAM2Refiner modules refined the mask (`refiner-weights` set, `refine` not `off`) |
 //!
 //! Scores are stored as `gdouble` (not `gfloat`) because `gst_structure_get_double()` exists and
 //! a `get_float` does not, so C applications read them with the ordinary accessors.
@@ -88,6 +89,7 @@ const FIELD_IOU: &str = "iou";
 const FIELD_BBOX: &str = "bbox";
 const FIELD_MASK: &str = "mask";
 const FIELD_CARRIED: &str = "carried";
+const FIELD_REFINED: &str = "refined";
 
 /// One object's mask on one frame.
 #[derive(Debug, Clone)]
@@ -107,6 +109,8 @@ pub struct ObjectMask {
     /// The frame was not tracked (the element's skip policy) and this is the last mask carried
     /// forward.
     pub carried: bool,
+    /// The refiner refined the mask.
+    pub refined: bool,
 }
 
 /// Registers the meta with GStreamer; idempotent, and called from `plugin_init`.
@@ -280,6 +284,7 @@ fn object_structure(mask: &ObjectMask) -> gst::Structure {
         )
         .field(FIELD_MASK, mask.mask.clone())
         .field(FIELD_CARRIED, mask.carried)
+        .field(FIELD_REFINED, mask.refined)
         .build()
 }
 
@@ -301,5 +306,7 @@ fn parse_object(s: &gst::StructureRef) -> Option<ObjectMask> {
         bbox,
         mask: s.get(FIELD_MASK).ok()?,
         carried: s.get(FIELD_CARRIED).ok()?,
+        // Written by every version that refines; absent, the mask was not refined.
+        refined: s.get(FIELD_REFINED).unwrap_or(false),
     })
 }

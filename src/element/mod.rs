@@ -67,8 +67,62 @@ pub enum SkipPolicy {
     Realtime = 2,
 }
 
+/// The `refine` property: where the refiner's localization augment looks.
+#[derive(Debug, Eq, PartialEq, Ord, PartialOrd, Hash, Clone, Copy, glib::Enum)]
+#[repr(u32)]
+#[enum_type(name = "GstSam2RefinerRefine")]
+pub enum RefineProp {
+    #[enum_value(name = "Off: plain SAM 2 masks", nick = "off")]
+    Off = 0,
+    #[enum_value(
+        name = "Quadrants: the frame's four quadrants, five encoder passes per frame",
+        nick = "quadrants"
+    )]
+    Quadrants = 1,
+    #[enum_value(
+        name = "ROI: one window on each object's last mask, two encoder passes per frame for one object",
+        nick = "roi"
+    )]
+    Roi = 2,
+}
+
+impl From<RefineProp> for crate::model::refiner::RefineMode {
+    fn from(p: RefineProp) -> Self {
+        match p {
+            RefineProp::Off => Self::Off,
+            RefineProp::Quadrants => Self::Quadrants,
+            RefineProp::Roi => Self::Roi,
+        }
+    }
+}
+
+/// The `refine-memory` property: the mask the memory encoder is fed when refining.
+#[derive(Debug, Eq, PartialEq, Ord, PartialOrd, Hash, Clone, Copy, glib::Enum)]
+#[repr(u32)]
+#[enum_type(name = "GstSam2RefinerRefineMemory")]
+pub enum RefineMemoryProp {
+    #[enum_value(
+        name = "Refined: the memory remembers the refined mask",
+        nick = "refined"
+    )]
+    Refined = 0,
+    #[enum_value(name = "SAM 2: the memory is fed SAM 2's own mask", nick = "sam2")]
+    Sam2 = 1,
+}
+
+impl From<RefineMemoryProp> for crate::model::refiner::MemoryMask {
+    fn from(p: RefineMemoryProp) -> Self {
+        match p {
+            RefineMemoryProp::Refined => Self::Refined,
+            RefineMemoryProp::Sam2 => Self::Sam2,
+        }
+    }
+}
+
 pub fn register(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
     OutputMode::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
+    RefineProp::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
+    RefineMemoryProp::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
     SkipPolicy::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
     meta::register();
     gst::Element::register(

@@ -77,6 +77,7 @@ struct ObjectMatte {
     matte: Vec<u8>,
     score: f32,
     iou: f32,
+    refined: bool,
 }
 
 /// The last tracked frame's result in the form the output mode renders: each object's matte
@@ -434,6 +435,7 @@ impl WorkerState {
                             matte,
                             score: o.object_score,
                             iou: o.iou,
+                            refined: o.refined.is_some(),
                         })
                         .collect(),
                 ))
@@ -475,6 +477,7 @@ impl WorkerState {
                             bbox: bbox(&o.matte, w, h),
                             mask: meta::gray8_buffer(w as u32, h as u32, &o.matte)?,
                             carried,
+                            refined: o.refined,
                         })
                     })
                     .collect::<Result<Vec<_>, gst::glib::BoolError>>()

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use candle_core::{DType, Tensor};
 use gstsam2refiner::image::RgbImage;
+use gstsam2refiner::model::refiner::RefineMode;
 use gstsam2refiner::model::{BuildMode, ImagePredictor, ImagePrompt};
 use gstsam2refiner::prompt::{read_prompt_file, validate_all};
 
@@ -45,8 +46,17 @@ pub fn run(args: &ImageArgs) -> Result<()> {
             );
         }
     }
-    let LoadedModel { model, device, .. } = args.model.load(BuildMode::Image)?;
-    let mut predictor = ImagePredictor::new(&model);
+    let LoadedModel {
+        model,
+        device,
+        refiner,
+        ..
+    } = args.model.load(BuildMode::Image)?;
+    let mode = args.model.refine_mode.unwrap_or(RefineMode::Quadrants);
+    let mut predictor = match &refiner {
+        Some(refiner) => ImagePredictor::with_refiner(&model, refiner, mode),
+        None => ImagePredictor::new(&model),
+    };
     predictor.set_image(&image.to_tensor(&device)?)?;
     let mut out = HashMap::new();
     for (object, p) in by_object {

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use candle_core::Device;
 use gstsam2refiner::device::{check_dtype, select_device};
+use gstsam2refiner::model::refiner::{RefineMode, Refiner};
 use gstsam2refiner::model::weights::build_model;
 use gstsam2refiner::model::{BuildMode, Sam2Base, Sam2Config, nano};
 
@@ -24,6 +25,15 @@ pub struct ModelArgs {
     /// Compute precision: f32 (the parity reference), f16 or bf16.
     #[arg(long, default_value = "f32")]
     pub dtype: String,
+    /// SAM2Refiner modules (a .safetensors refiner file) trained for these weights: masks come
+    /// out refined (see models/refiner). A file trained for other weights is refused.
+    #[arg(long, value_name = "WEIGHTS")]
+    pub refiner: Option<PathBuf>,
+    /// Where the refiner looks: quadrants (the four quadrants of the frame: finest, five encoder
+    /// passes) or roi (one window on the object: two passes), or off. Default: quadrants for
+    /// `image`, roi for `video`.
+    #[arg(long, value_name = "MODE")]
+    pub refine_mode: Option<RefineMode>,
 }
 
 /// A model ready to run, with the config it was built from.
@@ -31,6 +41,8 @@ pub struct LoadedModel {
     pub config: Sam2Config,
     pub model: Sam2Base,
     pub device: Device,
+    /// The refiner, when `--refiner` was given.
+    pub refiner: Option<Refiner>,
 }
 
 impl ModelArgs {
@@ -43,11 +55,22 @@ impl ModelArgs {
         let mut config = Sam2Config::load(&self.config)?;
         config.apply_build_overrides(mode);
         let weights = nano::weights_for(&self.config, self.weights.as_deref())?;
+        let refiner = match &self.refiner {
+            Some(path) => Some(Refiner::load_for_base(
+                path,
+                &self.config,
+                &weights,
+                dtype,
+                &device,
+            )?),
+            None => None,
+        };
         let model = build_model(&config, weights, dtype, &device)?;
         Ok(LoadedModel {
             config,
             model,
             device,
+            refiner,
         })
     }
 }

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use gstsam2refiner::image::RgbImage;
 use gstsam2refiner::model::BuildMode;
+use gstsam2refiner::model::refiner::RefineMode;
 use gstsam2refiner::prompt::{read_prompt_file, validate_all};
 use gstsam2refiner::tracker::{Tracker, TrackerOptions};
 
@@ -64,10 +65,17 @@ pub fn run(args: &VideoArgs) -> Result<()> {
             frames.len() - 1
         );
     }
-    let LoadedModel { config, model, .. } = args.model.load(BuildMode::Video)?;
+    let LoadedModel {
+        config,
+        model,
+        refiner,
+        ..
+    } = args.model.load(BuildMode::Video)?;
     let mut options = TrackerOptions::for_config(&config);
     options.memory_dtype = crate::parse_dtype(&args.memory_dtype)?;
+    options.refine_mode = args.model.refine_mode.unwrap_or(RefineMode::Roi);
     let mut tracker = Tracker::new(model, options);
+    tracker.set_refiner(refiner);
     let mut out = HashMap::new();
     for (t, path) in frames.iter().enumerate() {
         let image = RgbImage::read_png(path)?;

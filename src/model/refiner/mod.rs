@@ -148,6 +148,12 @@ impl Refiner {
     /// Reads a refiner file and builds its modules for the base `base`; a file trained on
     /// another base, or not a refiner file, is an error that says so.
     pub fn load(path: &Path, base: &BaseIdentity, dtype: DType, device: &Device) -> Result<Self> {
+        if !path.is_file() {
+            return Err(Error::io(
+                path,
+                std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
+            ));
+        }
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
         let metadata = read_metadata(&bytes).map_err(|reason| Error::weights(path, reason))?;
         let field = |key: &str| -> Result<String> {
@@ -191,6 +197,22 @@ impl Refiner {
             tensors,
         };
         build_strict(file, dtype, device, |vb| Self::new(vb, trained_on.clone()))
+    }
+
+    /// Reads a refiner file for the base model built from `weights` (the config named `config`
+    /// in messages): the weights are hashed to check the file was trained on them.
+    pub fn load_for_base(
+        path: &Path,
+        config: &str,
+        weights: &WeightFile,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
+        let base = BaseIdentity {
+            config: config.to_owned(),
+            weights_hash: weights.content_hash()?,
+        };
+        Self::load(path, &base, dtype, device)
     }
 
     fn new(vb: VarBuilder, base: BaseIdentity) -> candle_core::Result<Self> {

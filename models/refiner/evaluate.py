@@ -1,0 +1,155 @@
+#!/usr/bin/env python3
+"""Evaluate a refiner against its base on the held-out fine-structure set, and print the model card's table.
+
+The set is fixed by `EVAL_SEED_BASE` (never drawn in training): `--images` still scenes rendered at twice
+the model's input size, every object of at least `MIN_PIXELS` visible pixels (coverage above one half)
+prompted alone. Each object is prompted three ways, by the base alone (`off`) and with the refiner in
+each mode:
+
+- one click at its deepest pixel (three candidates, the best by predicted IoU kept);
+- its exact box;
+- a click session of 1 to 10 clicks: each next click at the deepest pixel of the larger error of the
+  current mask (positive on a miss, negative on a false positive), with the previous low-resolution
+  logits as the mask prompt, as the element and the CLI feed corrections.
+
+Scores at the frame's resolution against the truth (coverage above one half): IoU, and boundary IoU as
+the HQ-SAM evaluation computes it (Cheng et al. 2021: the pixels of each mask within 2 % of the image
+diagonal of its outside, the image border counting as outside). Figures are means over objects, in
+percent, as the papers print them.
+
+    /opt/sam2-reference/bin/python models/refiner/evaluate.py [--refiner models/refiner/sam2.1_nano.refiner.safetensors]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+HERE = Path(__file__).resolve().parent
+sys.path.append(str(HERE.parent / "nano"))  # after this folder: both have a train.py and an evaluate.py
+
+import fine_scenes  # noqa: E402
+from common import CONFIG, WEIGHTS, interior_point  # noqa: E402
+from image_path import MODES, RefinedImagePredictor  # noqa: E402
+from refiner import load_refiner  # noqa: E402
+from train import OUT, load_base, square_max  # noqa: E402
+
+EVAL_SEED_BASE = 2**51  # training scene seeds stay below 2**40
+MIN_PIXELS = 400  # at the frame's resolution (100 at the nano model's input)
+BOUNDARY_RATIO = 0.02  # HQ-SAM's `dilation_ratio`
+CLICKS = 10
+
+
+def boundary(mask: torch.Tensor) -> torch.Tensor:
+    """The pixels of `mask` [H, W] within d of its outside, d = 2 % of the diagonal (at least 1), the
+    image border counting as outside: `mask_to_boundary` of the boundary-IoU code."""
+    h, w = mask.shape
+    d = max(1, int(round(BOUNDARY_RATIO * float(np.hypot(h, w)))))
+    padded = F.pad(mask.float()[None, None], (d, d, d, d), value=0.0)
+    side = 2 * d + 1
+    eroded = -F.max_pool2d(F.max_pool2d(-padded, (side, 1), 1), (1, side), 1)
+    return mask & ~(eroded[0, 0] > 0)
+
+
+def iou(a: torch.Tensor, b: torch.Tensor) -> float:
+    union = (a | b).sum().item()
+    return 1.0 if union == 0 else (a & b).sum().item() / union
+
+
+def scores(pred: torch.Tensor, gt: torch.Tensor) -> tuple[float, float]:
+    return iou(pred, gt), iou(boundary(pred), boundary(gt))
+
+
+def next_click(pred: torch.Tensor, gt: torch.Tensor):
+    """The deepest pixel of the larger error: ((x, y), label), or None when the mask is exact."""
+    missed, false = gt & ~pred, pred & ~gt
+    if missed.sum() == 0 and false.sum() == 0:
+        return None
+    error, label = (missed, 1) if missed.sum() >= false.sum() else (false, 0)
+    return interior_point(error), label
+
+
+def session(predictor, gt: torch.Tensor) -> list[tuple[float, float]]:
+    """(IoU, boundary IoU) after each of 1..CLICKS clicks."""
+    x, y = interior_point(gt)
+    points, labels = [[x, y]], [1]
+    masks, ious, low = predictor.predict(points, labels, None, None, True)
+    best = int(torch.argmax(ious))
+    pred, prev = masks[best] > 0, low[best][None]
+    out = [scores(pred, gt)]
+    for _ in range(CLICKS - 1):
+        click = next_click(pred, gt)
+        if click is not None:
+            points.append(list(click[0]))
+            labels.append(click[1])
+            masks, _, low = predictor.predict(points, labels, None, prev.numpy(), False)
+            pred, prev = masks[0] > 0, low[0][None]
+        out.append(scores(pred, gt))
+    return out
+
+
+@torch.inference_mode()
+def evaluate(model, refiner, modes: list[str], images: int, frame_size: int) -> dict:
+    """{mode: {"click": [(iou, biou)], "box": [...], "session": [[(iou, biou)] * CLICKS]}}."""
+    results = {mode: {"click": [], "box": [], "session": []} for mode in modes}
+    predictors = {mode: RefinedImagePredictor(model, None if mode == "off" else refiner, mode) for mode in modes}
+    for i in range(images):
+        image, alpha = fine_scenes.random_fine_scene(EVAL_SEED_BASE + i, size=frame_size, still=True).render(0.0)
+        frame = (image.permute(1, 2, 0) * 255).round().clamp(0, 255).to(torch.uint8).numpy()
+        objects = [a > 0.5 for a in alpha if (a > 0.5).sum() >= MIN_PIXELS]
+        for mode, predictor in predictors.items():
+            predictor.set_image(frame)
+            for gt in objects:
+                x, y = interior_point(gt)
+                masks, ious, _ = predictor.predict([[x, y]], [1], None, None, True)
+                results[mode]["click"].append(scores(masks[int(torch.argmax(ious))] > 0, gt))
+                ys, xs = torch.nonzero(gt, as_tuple=True)
+                box = [float(xs.min()), float(ys.min()), float(xs.max()), float(ys.max())]
+                masks, _, _ = predictor.predict(None, None, box, None, False)
+                results[mode]["box"].append(scores(masks[0] > 0, gt))
+                results[mode]["session"].append(session(predictor, gt))
+    return results
+
+
+def mean(pairs, k: int) -> float:
+    return 100 * float(np.mean([p[k] for p in pairs]))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--refiner", type=Path, default=OUT)
+    ap.add_argument("--images", type=int, default=60)
+    ap.add_argument("--modes", nargs="*", default=list(MODES), choices=MODES)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--base-config", type=Path, default=CONFIG)
+    ap.add_argument("--base-weights", type=Path, default=WEIGHTS)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    began = time.time()
+    model, _ = load_base(args.base_config, args.base_weights, "cpu")
+    refiner = load_refiner(args.refiner)
+    results = evaluate(model, refiner, args.modes, args.images, 2 * model.image_size)
+    objects = len(results[args.modes[0]]["click"])
+    print(f"held-out fine-structure set: {args.images} images ({objects} objects) at "
+          f"{2 * model.image_size} px; {time.time() - began:.0f} s")
+    print("| prompt | " + " | ".join(f"{m} mIoU | {m} mBIoU" for m in args.modes) + " |")
+    print("|---|" + "---|---|" * len(args.modes))
+    for prompt in ("click", "box"):
+        cells = " | ".join(f"{mean(results[m][prompt], 0):.1f} | {mean(results[m][prompt], 1):.1f}" for m in args.modes)
+        print(f"| {'one click' if prompt == 'click' else 'box'} | {cells} |")
+    for k in range(CLICKS):
+        cells = " | ".join(
+            f"{mean([s[k] for s in results[m]['session']], 0):.1f} | {mean([s[k] for s in results[m]['session']], 1):.1f}"
+            for m in args.modes
+        )
+        print(f"| {k + 1} click{'s' if k else ''} (session) | {cells} |")
+
+
+if __name__ == "__main__":
+    main()

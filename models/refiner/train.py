@@ -1,0 +1,374 @@
+#!/usr/bin/env python3
+"""Train the refiner (localization augment, prompt retargeting, mask refinement) on a frozen SAM 2.
+
+The base stays frozen: its encoder runs without gradients on the frame and on the crops, and gradients
+flow only through the decoder (frozen weights, but LA and PR change its inputs) into the refiner's modules.
+By default the base is our nano model; `--base-config` and `--base-weights` take any official SAM 2 config
+and checkpoint (see MODEL_CARD.md for training a refiner for one on a GPU).
+
+Data: generated fine-structure scenes (`fine_scenes.py`) rendered at twice the model's input size, so the
+quadrants are crops at the input size itself, with anti-aliased ground truth; or HQSeg-44K
+(`--hqseg ROOT`), mixed in at `--hqseg-share`. Each step draws frames, encodes each frame, its four
+quadrants (half the steps) or one window on each object (the other half: ROI mode), and prompts a few
+objects per frame as SAM 2 trains: a click, a jittered box, or several clicks; then a correction round
+(a click on the refined mask's larger error, with the previous low-resolution logits as the mask prompt).
+With one click, the best of SAM 2's three candidates (by its own loss) is the one refined and supervised.
+
+Loss on the refined S×S logits against the soft ground truth at S: BCE + dice + a boundary term (the BCE
+over a band of ±3 pixels around the true edge, where fine structure lives).
+
+    /opt/sam2-reference/bin/python models/refiner/train.py --seed 0   # writes models/refiner/sam2.1_nano.refiner.safetensors
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import random
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+
+HERE = Path(__file__).resolve().parent
+sys.path.append(str(HERE.parent / "nano"))  # after this folder: both have a train.py and an evaluate.py
+
+import fine_scenes  # noqa: E402
+from common import CONFIG, WEIGHTS, normalise  # noqa: E402
+from image_path import CELL, capture_upscaled, encode, quadrant_origins, roi_origin  # noqa: E402
+from refiner import LocalFeatures, Refiner, save_refiner, upsample  # noqa: E402
+
+OUT = HERE / "sam2.1_nano.refiner.safetensors"
+BOUNDARY_RADIUS = 3  # pixels at S either side of the true edge
+LOSS_WEIGHTS = {"bce": 1.0, "dice": 1.0, "boundary": 1.0}  # `--loss-weights` sets them
+
+
+# --------------------------------------------------------------------------------------------------
+# The frozen base
+# --------------------------------------------------------------------------------------------------
+
+
+def load_base(config: Path, weights: Path, device: str):
+    """The official `SAM2Base` from a config and its weights, frozen, and the state dict (for the refiner
+    file's base hash). Checkpoints: `.pt` (official, state under "model") or `.safetensors`."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.load(config)
+    OmegaConf.resolve(cfg)
+    model = instantiate(cfg.model, _recursive_=True)
+    if weights.suffix == ".safetensors":
+        state = load_file(str(weights))
+    else:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+        state = state.get("model", state)
+    state = {k: v.float() for k, v in state.items()}
+    model.load_state_dict(state, strict=True)
+    model.eval().requires_grad_(False)
+    return model.to(device), state
+
+
+# --------------------------------------------------------------------------------------------------
+# Prompts (input pixels of the S×S model input)
+# --------------------------------------------------------------------------------------------------
+
+
+def random_pixel(mask: torch.Tensor, rng: random.Random) -> tuple[float, float] | None:
+    ys, xs = torch.nonzero(mask, as_tuple=True)
+    if len(ys) == 0:
+        return None
+    k = rng.randrange(len(ys))
+    return float(xs[k]), float(ys[k])
+
+
+def first_prompt(gt: torch.Tensor, rng: random.Random) -> tuple[list, list]:
+    """A click (inside, away from the edge where the object is thick enough), a jittered box, or 2 to 6
+    clicks with some negative ones just outside."""
+    size = gt.shape[-1]
+    kind = rng.random()
+    inner = -square_max(-gt.float()[None, None], 2)[0, 0] > 0
+    source = inner if inner.any() else gt
+    if kind < 0.4:
+        return [random_pixel(source, rng)], [1]
+    if kind < 0.75:
+        ys, xs = torch.nonzero(gt, as_tuple=True)
+        x0, y0, x1, y1 = float(xs.min()), float(ys.min()), float(xs.max()), float(ys.max())
+        w, h = x1 - x0, y1 - y0
+
+        def j(side):
+            return max(-10.0, min(10.0, rng.gauss(0, 0.08 * side)))
+
+        box = [min(max(c, 0.0), size - 1.0) for c in (x0 + j(w), y0 + j(h), x1 + j(w), y1 + j(h))]
+        return [(box[0], box[1]), (box[2], box[3])], [2, 3]
+    points = [random_pixel(source, rng) for _ in range(rng.randint(2, 4))]
+    labels = [1] * len(points)
+    ring = (square_max(gt.float()[None, None], 4)[0, 0] > 0) & ~gt
+    for _ in range(rng.randint(0, 2)):
+        p = random_pixel(ring, rng)
+        if p is not None:
+            points.append(p)
+            labels.append(0)
+    return points, labels
+
+
+def correction_click(pred: torch.Tensor, gt: torch.Tensor, rng: random.Random):
+    """Positive on a missed pixel or negative on a false one, from the larger error."""
+    missed, false = gt & ~pred, pred & ~gt
+    if missed.sum() == 0 and false.sum() == 0:
+        return None
+    if missed.sum() >= false.sum():
+        return random_pixel(missed, rng), 1
+    return random_pixel(false, rng), 0
+
+
+def point_inputs(prompts, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompts of unequal length, padded with label -1."""
+    n = max(len(p) for p, _ in prompts)
+    coords = torch.zeros(len(prompts), n, 2)
+    labels = torch.full((len(prompts), n), -1, dtype=torch.int32)
+    for b, (points, lab) in enumerate(prompts):
+        coords[b, : len(points)] = torch.tensor(points)
+        labels[b, : len(lab)] = torch.tensor(lab, dtype=torch.int32)
+    return coords.to(device), labels.to(device)
+
+
+# --------------------------------------------------------------------------------------------------
+# Losses
+# --------------------------------------------------------------------------------------------------
+
+
+def square_max(x: torch.Tensor, radius: int) -> torch.Tensor:
+    """Max over a (2r+1)² square of [N, 1, H, W], as two 1-D pools (the same values, several times faster)."""
+    side = 2 * radius + 1
+    return F.max_pool2d(F.max_pool2d(x, (side, 1), 1, (radius, 0)), (1, side), 1, (0, radius))
+
+
+def edge_band(gt: torch.Tensor) -> torch.Tensor:
+    """[N, S, S] bool: within BOUNDARY_RADIUS pixels of the edge of the binary truth."""
+    x = gt.float()[:, None]
+    grown = square_max(x, BOUNDARY_RADIUS)
+    shrunk = -square_max(-x, BOUNDARY_RADIUS)
+    return (grown - shrunk)[:, 0] > 0
+
+
+def refine_losses(logits: torch.Tensor, soft: torch.Tensor) -> torch.Tensor:
+    """logits [N, S, S], soft truth [N, S, S] in [0, 1] -> [N]."""
+    bce = F.binary_cross_entropy_with_logits(logits, soft, reduction="none")
+    prob = logits.sigmoid()
+    inter = (prob * soft).flatten(1).sum(-1)
+    dice = 1 - (2 * inter + 1) / (prob.flatten(1).sum(-1) + soft.flatten(1).sum(-1) + 1)
+    band = edge_band(soft > 0.5).float()
+    boundary = (bce * band).flatten(1).sum(-1) / band.flatten(1).sum(-1).clamp_min(1)
+    w = LOSS_WEIGHTS
+    return w["bce"] * bce.flatten(1).mean(-1) + w["dice"] * dice + w["boundary"] * boundary
+
+
+def iou(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
+    union = (pred | gt).flatten(1).sum(-1)
+    return torch.where(union > 0, (pred & gt).flatten(1).sum(-1) / union.clamp_min(1), 1.0)
+
+
+# --------------------------------------------------------------------------------------------------
+# A step
+# --------------------------------------------------------------------------------------------------
+
+
+def stitch(levels_of_crops: list[torch.Tensor], rows: int, cols: int) -> list[torch.Tensor]:
+    """[rows*cols, C, h, w] per level (row-major crops) -> [1, C, rows*h, cols*w]."""
+    out = []
+    for f in levels_of_crops:
+        grid = [torch.cat([f[r * cols + c] for c in range(cols)], -1) for r in range(rows)]
+        out.append(torch.cat(grid, -2)[None])
+    return out
+
+
+def crops_of(frame: torch.Tensor, origins: list[tuple[int, int]], image_size: int) -> torch.Tensor:
+    """Half-size crops of a frame rendered at 2S (so each crop is S×S as cut), normalised."""
+    scale = frame.shape[-1] // image_size
+    half = image_size // 2
+    return torch.stack([normalise(frame[:, r * scale : (r + half) * scale, c * scale : (c + half) * scale]) for r, c in origins])
+
+
+def stride2_local(local: LocalFeatures, image_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    from image_path import stride2_local as place
+
+    return place(local, image_size)
+
+
+def step(model, refiner, batch, rng, args) -> tuple[torch.Tensor, dict]:
+    """One training step over `batch` (frames [B, 3, 2S, 2S], alphas list of [K, 2S, 2S])."""
+    frames, alphas = batch
+    device = model.device
+    s = model.image_size
+    frames = frames.to(device)
+    inputs = normalise(F.interpolate(frames, size=(s, s), mode="bilinear", align_corners=False, antialias=True))
+    quadrant_step = rng.random() < 0.5
+    with torch.no_grad():
+        features = encode(model, inputs)
+        features[2] = features[2] + model.no_mem_embed.view(1, -1, 1, 1)
+        quadrant_feats = None
+        if quadrant_step:
+            origins = quadrant_origins(s)
+            crops = torch.cat([crops_of(f, origins, s) for f in frames])
+            per_level = encode(model, crops)
+            quadrant_feats = [stitch([lv[4 * i : 4 * i + 4] for lv in per_level], 2, 2) for i in range(len(frames))]
+
+    # The objects to prompt: soft truth at S, binary truth, owner frame, and ROI local features.
+    soft, owner, origins = [], [], []
+    for i, alpha in enumerate(alphas):
+        at_s = F.avg_pool2d(alpha[:, None].to(device), frames.shape[-1] // s)[:, 0]
+        big = [k for k in range(len(alpha)) if (at_s[k] > 0.5).sum() >= args.min_pixels]
+        rng.shuffle(big)
+        for k in big[: args.objects_per_image]:
+            soft.append(at_s[k] if args.targets == "soft" else (at_s[k] > 0.5).float())
+            owner.append(i)
+            ys, xs = torch.nonzero(at_s[k] > 0.5, as_tuple=True)
+            origins.append(roi_origin((float(xs.min()), float(ys.min()), float(xs.max()), float(ys.max())), s))
+    if not soft:
+        return None, {}
+    if quadrant_feats is not None:
+        locals_ = [LocalFeatures(quadrant_feats[i], (0, 0, s // CELL, s // CELL)) for i in owner]
+    else:
+        # ROI mode: one window per object, on its true box (the engine puts it on the previous mask's).
+        with torch.no_grad():
+            crops = torch.cat([crops_of(frames[i], [origin], s) for i, origin in zip(owner, origins)])
+            per_level = encode(model, crops)
+        half = s // 2 // CELL
+        locals_ = [
+            LocalFeatures([lv[j : j + 1] for lv in per_level], (r // CELL, c // CELL, half, half))
+            for j, (r, c) in enumerate(origins)
+        ]
+    soft = torch.stack(soft)
+    gt = soft > 0.5
+    gt_host = gt.cpu()
+
+    # Global features per object, enhanced by LA with that object's local features.
+    enhanced = [refiner.localization_augment([f[o : o + 1] for f in features], loc) for o, loc in zip(owner, locals_)]
+    enhanced = [torch.cat([e[level] for e in enhanced]) for level in range(3)]
+    local_s2 = [stride2_local(loc, s) for loc in locals_]
+    local_s2, coverage = torch.cat([a for a, _ in local_s2]), torch.cat([b for _, b in local_s2])
+    image_in = inputs[torch.tensor(owner, device=device)]
+
+    prompts = [first_prompt(g, rng) for g in gt_host]
+    mask_input, total, stats = None, 0.0, {}
+    for round_ in range(1 + args.corrections):
+        coords, labels = point_inputs(prompts, device)
+        sparse, dense = model.sam_prompt_encoder(points=(coords, labels), boxes=None, masks=mask_input)
+        sparse, dense = refiner.prompt_retargeting(sparse, dense, coords, labels, enhanced[2], mask_input, stride=float(CELL))
+        multimask = round_ == 0 and all(len(lab) == 1 for _, lab in prompts)
+        with capture_upscaled(model.sam_mask_decoder) as seen:
+            low, _, _, _ = model.sam_mask_decoder(
+                image_embeddings=enhanced[2],
+                image_pe=model.sam_prompt_encoder.get_dense_pe(),
+                sparse_prompt_embeddings=sparse,
+                dense_prompt_embeddings=dense,
+                multimask_output=multimask,
+                repeat_image=False,
+                high_res_features=enhanced[:2],
+            )
+        rows = torch.arange(len(gt), device=device)
+        with torch.no_grad():
+            plain = upsample(low, s)  # SAM 2's own logits, for the candidate choice and the figures
+            per_candidate = torch.stack([refine_losses(plain[:, k], soft) for k in range(low.shape[1])], 1)
+            kept = per_candidate.argmin(1)
+        chosen = low[rows, kept][:, None]
+        refined = refiner.mask_refinement(chosen, seen[-1], image_in, local_s2, coverage)[:, 0]
+        total = total + refine_losses(refined, soft).mean()
+        with torch.no_grad():
+            stats[f"r{round_}"] = iou(refined > 0, gt).mean().item()
+            stats[f"p{round_}"] = iou(plain[rows, kept] > 0, gt).mean().item()
+        if round_ < args.corrections:
+            pred = (refined.detach() > 0).cpu()
+            for b, (points, lab) in enumerate(prompts):
+                click = correction_click(pred[b], gt_host[b], rng)
+                if click is not None and click[0] is not None:
+                    prompts[b] = (points + [click[0]], lab + [click[1]])
+            mask_input = chosen.detach().clamp(-32, 32)
+    return total / (1 + args.corrections), stats
+
+
+def render_batch(seeds: list[int], size: int, rng: random.Random):
+    frames, alphas = [], []
+    for seed in seeds:
+        image, alpha = fine_scenes.random_fine_scene(seed, size=size, still=True).render(0.0)
+        frames.append(image)
+        alphas.append(alpha)
+    return torch.stack(frames), alphas
+
+
+def scene_seed(run_seed: int, counter: int) -> int:
+    """Training scene seeds stay below 2**40; the held-out set starts at `evaluate.EVAL_SEED_BASE`."""
+    return run_seed * 2**32 + counter
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--steps", type=int, default=3000)
+    ap.add_argument("--batch", type=int, default=4, help="frames per step")
+    ap.add_argument("--objects-per-image", type=int, default=3)
+    ap.add_argument("--corrections", type=int, default=1)
+    ap.add_argument("--min-pixels", type=int, default=100, help="objects smaller than this at S are not prompted")
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--warmup", type=int, default=100)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--base-config", type=Path, default=CONFIG, help="the frozen base's config (official YAML)")
+    ap.add_argument("--base-weights", type=Path, default=WEIGHTS, help="the frozen base's checkpoint (.pt or .safetensors)")
+    ap.add_argument("--base-name", default="sam2.1_nano", help="the base's name, recorded in the refiner file")
+    ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--log-every", type=int, default=25)
+    ap.add_argument("--targets", choices=("soft", "binary"), default="soft",
+                    help="supervise with the anti-aliased coverage, or with coverage > 0.5 (what the figures score)")
+    ap.add_argument("--loss-weights", type=float, nargs=3, metavar=("BCE", "DICE", "BOUNDARY"),
+                    default=[LOSS_WEIGHTS[k] for k in ("bce", "dice", "boundary")])
+    ap.add_argument("--max-steps", type=int, default=None, help="stop after this many steps of the schedule")
+    args = ap.parse_args()
+
+    LOSS_WEIGHTS.update(zip(("bce", "dice", "boundary"), args.loss_weights))
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    rng = random.Random(args.seed)
+    model, base_state = load_base(args.base_config, args.base_weights, args.device)
+    refiner = Refiner().to(args.device).train()
+    params = list(refiner.parameters())
+    print(f"refiner parameters: {sum(p.numel() for p in params) / 1e6:.3f} M; base {args.base_name}")
+    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
+
+    def lr_at(step: int) -> float:
+        if step < args.warmup:
+            return args.lr * (step + 1) / args.warmup
+        return args.lr * 0.5 * (1 + math.cos(math.pi * (step - args.warmup) / max(1, args.steps - args.warmup)))
+
+    began, window, counter = time.time(), [], 0
+    logged: dict[str, list[float]] = {}
+    frame_size = 2 * model.image_size
+    for step_index in range(min(args.steps, args.max_steps or args.steps)):
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step_index)
+        seeds = [scene_seed(args.seed, counter + i) for i in range(args.batch)]
+        counter += args.batch
+        loss, stats = step(model, refiner, render_batch(seeds, frame_size, rng), rng, args)
+        if loss is None:
+            continue
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        window.append(loss.item())
+        for k, v in stats.items():
+            logged.setdefault(k, []).append(v)
+        if (step_index + 1) % args.log_every == 0:
+            figures = " ".join(f"{k} {sum(v) / len(v):.3f}" for k, v in sorted(logged.items()))
+            print(f"step {step_index + 1}/{args.steps} loss {sum(window) / len(window):.3f} IoU {figures} "
+                  f"lr {lr_at(step_index):.2e} {time.time() - began:.0f} s", flush=True)
+            window, logged = [], {}
+    save_refiner(refiner, args.out, args.base_name, base_state, trained=f"train.py --seed {args.seed} --steps {args.steps}")
+    print(f"trained in {time.time() - began:.0f} s; refiner: {args.out}")
+
+
+if __name__ == "__main__":
+    main()
