@@ -19,6 +19,7 @@ min(num_frames, 16) - 1, our streaming tracker by 15 (see `models/nano/make_fixt
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import sys
 import tempfile
@@ -36,11 +37,20 @@ sys.path.append(str(HERE.parent / "nano"))  # after this folder: both have a tra
 import scenes  # noqa: E402
 import fine_scenes  # noqa: E402
 from common import EVAL_SEED_BASE, WEIGHTS, bounding_box, build_model, interior_point  # noqa: E402
-from evaluate import VIDEO_OVERRIDES, load  # noqa: E402  (models/nano/evaluate.py)
 from image_path import RefinedImagePredictor  # noqa: E402
 from refiner import Refiner, save_refiner  # noqa: E402
 from video_path import RefinedVideoPredictor  # noqa: E402
 
+def _nano_evaluate():
+    """`models/nano/evaluate.py` (this folder has its own `evaluate`): the video predictor's settings."""
+    spec = importlib.util.spec_from_file_location("nano_evaluate", HERE.parent / "nano" / "evaluate.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+NANO_EVALUATE = _nano_evaluate()
+VIDEO_OVERRIDES, load = NANO_EVALUATE.VIDEO_OVERRIDES, NANO_EVALUATE.load
 OUT = HERE.parents[1] / "tests" / "fixtures" / "refiner"
 SEED = EVAL_SEED_BASE + 3_000_000  # past the nano fixture's
 FRAME_HW = (240, 336)

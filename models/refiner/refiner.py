@@ -26,7 +26,7 @@ the memory conditioning already applied) and the two high-resolution levels afte
   a zero-started gate; padding tokens (label -1) are left alone. A mask prompt adds, through its own zero
   gate, a projection of the embedding's average weighted by the prompt's sigmoid to the dense embedding.
 - **Mask refinement (MR).** A two-step cascade from the decoder's stride-4 output to stride 2 and stride 1
-  (S×S). Stride 2 fuses the mask logits with the decoder's upscaled embedding (the 32-channel stride-4 map
+  (S×S). Stride 2 fuses the mask (as a probability) with the decoder's upscaled embedding (the 32-channel stride-4 map
   the mask tokens read), the LA local features of the stride-4 level (which are at stride 2 of the
   frame, zero where no crop covers, with a coverage channel) and a shallow convolution of the image;
   stride 1 fuses that with a shallow convolution of the image at full size. Each step adds a logit
@@ -288,10 +288,13 @@ class MaskRefinement(nn.Module):
             return x.repeat_interleave(k, 0)
 
         sam = upsample(masks, size)  # SAM 2's own full-size logits
+        # The layers read the mask as a probability: logits run to ±30 (and -1024 for an absent
+        # object), a scale that would swamp every other input.
+        prob = masks.sigmoid()
         image_s2 = F.gelu(self.image_s2(image))
         local = self.local_proj(torch.cat([local_s2, coverage], 1))
-        mask = upsample(self.mask_proj(torch.cat([per_mask(upscaled), masks], 1)), 2 * h4)
-        x = self.fuse_s2(torch.cat([mask, per_mask(image_s2), per_mask(local), upsample(masks, 2 * h4)], 1))
+        mask = upsample(self.mask_proj(torch.cat([per_mask(upscaled), prob], 1)), 2 * h4)
+        x = self.fuse_s2(torch.cat([mask, per_mask(image_s2), per_mask(local), upsample(prob, 2 * h4)], 1))
         delta_s2 = self.delta_s2(x)
         image_s1 = F.gelu(self.image_s1(image))
         y = self.fuse_s1(torch.cat([upsample(x, size), per_mask(image_s1)], 1))

@@ -290,10 +290,15 @@ def step(model, refiner, batch, rng, args) -> tuple[torch.Tensor, dict]:
     return total / (1 + args.corrections), stats
 
 
-def render_batch(seeds: list[int], size: int, rng: random.Random):
+def render_batch(seeds: list[int], size: int, rng: random.Random, hqseg=None, hqseg_share: float = 0.0):
+    """Frames [B, 3, size, size] and each frame's object coverages: generated scenes, and with
+    `hqseg` (an `HQSegDataset` at `size`) a share of HQSeg-44K images, one object each."""
     frames, alphas = [], []
     for seed in seeds:
-        image, alpha = fine_scenes.random_fine_scene(seed, size=size, still=True).render(0.0)
+        if hqseg is not None and rng.random() < hqseg_share:
+            image, alpha = hqseg[rng.randrange(len(hqseg))]
+        else:
+            image, alpha = fine_scenes.random_fine_scene(seed, size=size, still=True).render(0.0)
         frames.append(image)
         alphas.append(alpha)
     return torch.stack(frames), alphas
@@ -325,6 +330,8 @@ def main() -> None:
                     help="supervise with the anti-aliased coverage, or with coverage > 0.5 (what the figures score)")
     ap.add_argument("--loss-weights", type=float, nargs=3, metavar=("BCE", "DICE", "BOUNDARY"),
                     default=[LOSS_WEIGHTS[k] for k in ("bce", "dice", "boundary")])
+    ap.add_argument("--hqseg", type=Path, default=None, help="a local HQSeg-44K (its data folder) to mix in")
+    ap.add_argument("--hqseg-share", type=float, default=0.5, help="share of frames drawn from --hqseg")
     ap.add_argument("--max-steps", type=int, default=None, help="stop after this many steps of the schedule")
     args = ap.parse_args()
 
@@ -343,6 +350,12 @@ def main() -> None:
             return args.lr * (step + 1) / args.warmup
         return args.lr * 0.5 * (1 + math.cos(math.pi * (step - args.warmup) / max(1, args.steps - args.warmup)))
 
+    hqseg = None
+    if args.hqseg is not None:
+        from hqseg import HQSegDataset
+
+        hqseg = HQSegDataset(args.hqseg, size=2 * model.image_size)
+        print(f"HQSeg-44K: {len(hqseg)} images from {args.hqseg}")
     began, window, counter = time.time(), [], 0
     logged: dict[str, list[float]] = {}
     frame_size = 2 * model.image_size
@@ -351,7 +364,8 @@ def main() -> None:
             group["lr"] = lr_at(step_index)
         seeds = [scene_seed(args.seed, counter + i) for i in range(args.batch)]
         counter += args.batch
-        loss, stats = step(model, refiner, render_batch(seeds, frame_size, rng), rng, args)
+        batch = render_batch(seeds, frame_size, rng, hqseg, args.hqseg_share)
+        loss, stats = step(model, refiner, batch, rng, args)
         if loss is None:
             continue
         opt.zero_grad(set_to_none=True)

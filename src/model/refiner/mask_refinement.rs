@@ -78,19 +78,22 @@ impl MaskRefinement {
         let up = |x: &Tensor, side: usize| resample(x, Filter::Bilinear, side, side);
 
         let sam = up(&masks, size)?; // SAM 2's own full-size logits
+        // The layers read the mask as a probability: logits run to ±30 (and -1024 for an absent
+        // object), a scale that would swamp every other input.
+        let prob = candle_nn::ops::sigmoid(&masks)?;
         let image_s2 = gelu(&self.image_s2.forward(image)?)?;
         let local = self
             .local_proj
             .forward(&Tensor::cat(&[local_s2, coverage], 1)?)?;
         let mask = self
             .mask_proj
-            .forward(&Tensor::cat(&[&per_mask(upscaled)?, &masks], 1)?)?;
+            .forward(&Tensor::cat(&[&per_mask(upscaled)?, &prob], 1)?)?;
         let x = Tensor::cat(
             &[
                 up(&mask, 2 * h4)?,
                 per_mask(&image_s2)?,
                 per_mask(&local)?,
-                up(&masks, 2 * h4)?,
+                up(&prob, 2 * h4)?,
             ],
             1,
         )?;
