@@ -11,9 +11,9 @@ mod common;
 
 use std::time::Instant;
 
-use common::peak_rss_mib;
+use common::{peak_rss_mib, sync, time};
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 use gstsam2refiner::device::{describe, select_device};
 use gstsam2refiner::model::transforms::{image_to_input, upsample_logits};
 use gstsam2refiner::model::weights::build_model;
@@ -64,30 +64,6 @@ fn options() -> Options {
         }
     }
     o
-}
-
-fn sync(device: &Device) {
-    device.synchronize().expect("device sync");
-}
-
-/// Runs `f` once to warm up, then `reps` times; prints min and median in ms.
-fn time<T>(label: &str, reps: usize, device: &Device, mut f: impl FnMut() -> T) -> T {
-    let mut out = f();
-    sync(device);
-    let mut ms = Vec::with_capacity(reps);
-    for _ in 0..reps {
-        let start = Instant::now();
-        out = f();
-        sync(device);
-        ms.push(start.elapsed().as_secs_f64() * 1e3);
-    }
-    ms.sort_by(|a, b| a.total_cmp(b));
-    println!(
-        "{label:<52} {:>9.1} ms min {:>9.1} ms median",
-        ms[0],
-        ms[ms.len() / 2]
-    );
-    out
 }
 
 fn main() -> anyhow::Result<()> {

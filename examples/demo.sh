@@ -14,6 +14,8 @@
 #    frames per second.
 #
 # FRAMES (default 150, five seconds) and DEVICE (auto, cpu, cuda) can be set in the environment.
+# When a refiner for the nano model is present (models/refiner/sam2.1_nano.refiner.safetensors, made
+# by models/refiner/train.py), both instances refine with it (refine=roi); REFINER=none turns it off.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-demo-output}
@@ -63,6 +65,12 @@ BALL="videotestsrc pattern=ball background-color=0x00000000 num-buffers=$FRAMES"
 # window of another size, so they sweep different ranges and cross. A ball starts at the centre
 # of its window: (160,120), (440,210), (540,180), the clicks of demo-prompts.json.
 # One tee feeds two sam2refiner: `alpha` (keyed over a zone plate) and `overlay` (the preview).
+REFINER=${REFINER:-models/refiner/sam2.1_nano.refiner.safetensors}
+REFINE=()
+if [ "$REFINER" != none ] && [ -f "$REFINER" ]; then
+  REFINE=(refiner-weights="$REFINER" refine=roi)
+  echo "== refining with $REFINER"
+fi
 echo "== running sam2refiner on $FRAMES frames"
 start=$(date +%s.%N)
 gst-launch-1.0 -q \
@@ -75,10 +83,10 @@ gst-launch-1.0 -q \
   $BALL foreground-color=0xff20d0ff ! video/x-raw,format=BGRA,width=200,height=360,framerate=30/1 ! clip.sink_3 \
   compositor name=keyed background=black sink_1::zorder=1 ! "$CAPS" ! tee name=k \
   videotestsrc pattern=zone-plate kx2=20 ky2=20 kt=1 num-buffers="$FRAMES" ! "$CAPS" ! keyed.sink_0 \
-  t. ! queue ! sam2refiner device="$DEVICE" output=alpha prompts=examples/demo-prompts.json ! keyed.sink_1 \
+  t. ! queue ! sam2refiner device="$DEVICE" ${REFINE[@]+"${REFINE[@]}"} output=alpha prompts=examples/demo-prompts.json ! keyed.sink_1 \
   k. ! queue ! videoconvert ! vp8enc deadline=1 ! webmmux ! filesink location="$OUT/keyed.webm" \
   k. ! queue ! videorate drop-only=true max-rate=1 ! videoconvert ! pngenc ! multifilesink location="$OUT/keyed-%02d.png" \
-  t. ! queue ! sam2refiner device="$DEVICE" output=overlay prompts=examples/demo-prompts.json \
+  t. ! queue ! sam2refiner device="$DEVICE" ${REFINE[@]+"${REFINE[@]}"} output=overlay prompts=examples/demo-prompts.json \
   ! tee name=o \
   o. ! queue ! videoconvert ! vp8enc deadline=1 ! webmmux ! filesink location="$OUT/overlay.webm" \
   o. ! queue ! videorate drop-only=true max-rate=1 ! videoconvert ! pngenc ! multifilesink location="$OUT/overlay-%02d.png"

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::element::{buffer, harness, init, rgba_frame, timeline};
+use common::element::{buffer, harness, init, rgba_frame, start_error, timeline};
 use common::{fixture_dir, weights_path};
 use gst::glib;
 use gst::prelude::*;
@@ -72,21 +72,6 @@ fn refine_off_is_plain_sam2_and_the_modes_refine() {
             "{mode}: the refiner's masks differ from SAM 2's"
         );
     }
-}
-
-/// READY->PAUSED: the error posted.
-fn start_error(element: gst::Element) -> String {
-    let bus = gst::Bus::new();
-    element.set_bus(Some(&bus));
-    assert!(element.set_state(gst::State::Paused).is_err());
-    let m = bus
-        .pop_filtered(&[gst::MessageType::Error])
-        .expect("an error message");
-    let gst::MessageView::Error(err) = m.view() else {
-        unreachable!()
-    };
-    element.set_state(gst::State::Null).unwrap();
-    format!("{} {:?}", err.error(), err.debug())
 }
 
 #[test]

@@ -291,21 +291,7 @@ fn a_pipeline_plays_again_after_stopping_and_pausing() {
 
 /// READY->PAUSED with `props`: the error it posts.
 fn start_error(props: &[(&str, &str)]) -> String {
-    let e = element(props);
-    let bus = gst::Bus::new();
-    e.set_bus(Some(&bus));
-    assert!(
-        e.set_state(gst::State::Paused).is_err(),
-        "{props:?} must not start"
-    );
-    let m = bus
-        .pop_filtered(&[gst::MessageType::Error])
-        .expect("an error message");
-    let gst::MessageView::Error(err) = m.view() else {
-        unreachable!()
-    };
-    e.set_state(gst::State::Null).unwrap();
-    format!("{} {:?}", err.error(), err.debug())
+    common::element::start_error(element(props))
 }
 
 #[test]

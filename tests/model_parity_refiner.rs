@@ -118,12 +118,17 @@ fn expected() -> std::collections::HashMap<String, Tensor> {
     .unwrap()
 }
 
-/// Every case's prediction by the engine: (name, prediction).
-fn run_cases(model: &Sam2Base, refiner: &Refiner) -> Vec<(String, ImagePrediction)> {
+/// Every case's prediction by the engine, in order, handed to `visit` as (name, prediction);
+/// stops early when `visit` returns false.
+fn visit_cases(
+    model: &Sam2Base,
+    refiner: &Refiner,
+    mut visit: impl FnMut(&str, &ImagePrediction) -> bool,
+) {
     let image = RgbImage::read_png(&fixture_dir("refiner").join("frame.png")).unwrap();
     let rgb = image.to_tensor(&Device::Cpu).unwrap();
     let mut predictors = std::collections::HashMap::new();
-    let mut out: Vec<(String, ImagePrediction)> = Vec::new();
+    let mut done: Vec<(String, ImagePrediction)> = Vec::new();
     for case in cases() {
         let mode: RefineMode = case.mode.parse().unwrap();
         let predictor = predictors.entry(case.mode.clone()).or_insert_with(|| {
@@ -133,33 +138,31 @@ fn run_cases(model: &Sam2Base, refiner: &Refiner) -> Vec<(String, ImagePredictio
         });
         let mut prompt = ImagePrompt::clicks_and_box(&case.points, &case.labels, case.bbox);
         if let Some(from) = &case.mask_from {
-            let (_, previous) = out.iter().find(|(n, _)| n == from).unwrap();
+            let (_, previous) = done.iter().find(|(n, _)| n == from).unwrap();
             let best = previous.best_index().unwrap();
-            prompt.mask_input = Some(
-                previous
-                    .low_res
-                    .get(best)
-                    .unwrap()
-                    .unsqueeze(0)
-                    .unwrap()
-                    .unsqueeze(0)
-                    .unwrap(),
-            );
+            let low_res = previous.low_res.get(best).unwrap();
+            prompt.mask_input = Some(low_res.unsqueeze(0).unwrap().unsqueeze(0).unwrap());
         }
         assert_eq!(prompt.is_ambiguous(), case.multimask, "{}", case.name);
         let prediction = predictor.predict(&prompt, case.multimask).unwrap();
         assert_eq!(prediction.refined, mode != RefineMode::Off, "{}", case.name);
-        out.push((case.name, prediction));
+        if !visit(&case.name, &prediction) {
+            return;
+        }
+        done.push((case.name, prediction));
     }
-    out
 }
 
-fn all_match(outputs: &[(String, ImagePrediction)]) -> bool {
+/// Whether every case matches the fixture (stopping at the first that does not).
+fn all_match(model: &Sam2Base, refiner: &Refiner) -> bool {
     let expected = expected();
-    outputs.iter().all(|(name, p)| {
-        logits_match(&p.masks, &expected[&format!("{name}/masks")])
-            && logits_match(&p.iou, &expected[&format!("{name}/iou")])
-    })
+    let mut all = true;
+    visit_cases(model, refiner, |name, p| {
+        all = logits_match(&p.masks, &expected[&format!("{name}/masks")])
+            && logits_match(&p.iou, &expected[&format!("{name}/iou")]);
+        all
+    });
+    all
 }
 
 #[test]
@@ -167,7 +170,7 @@ fn the_refiner_matches_pytorch_in_every_mode() {
     let (model, base) = nano_model();
     let refiner = refiner(&base, None);
     let expected = expected();
-    for (name, p) in run_cases(&model, &refiner) {
+    visit_cases(&model, &refiner, |name, p| {
         assert_logits_match(
             &format!("{name} masks"),
             &p.masks,
@@ -178,7 +181,8 @@ fn the_refiner_matches_pytorch_in_every_mode() {
             &p.iou,
             &expected[&format!("{name}/iou")],
         );
-    }
+        true
+    });
 }
 
 #[test]
@@ -257,7 +261,7 @@ fn every_refiner_path_is_caught_when_silenced() {
     ] {
         let refiner = refiner(&base, Some((pattern, 0.0)));
         assert!(
-            !all_match(&run_cases(&model, &refiner)),
+            !all_match(&model, &refiner),
             "the fixture still matches with {pattern} zeroed"
         );
     }

@@ -3,6 +3,9 @@
 #![allow(dead_code)] // each benchmark uses its own part
 
 use std::str::FromStr;
+use std::time::Instant;
+
+use candle_core::Device;
 
 /// The benchmark's `--flag value` options (cargo's own `--bench` left out).
 pub struct Args(Vec<String>);
@@ -61,4 +64,29 @@ pub fn peak_rss_mib() -> f64 {
                 .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
         })
         .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+/// Waits for the device to finish queued work (timings must not end early on a GPU).
+pub fn sync(device: &Device) {
+    device.synchronize().expect("device sync");
+}
+
+/// Runs `f` once to warm up, then `reps` times; prints min and median in ms.
+pub fn time<T>(label: &str, reps: usize, device: &Device, mut f: impl FnMut() -> T) -> T {
+    let mut out = f();
+    sync(device);
+    let mut ms = Vec::with_capacity(reps);
+    for _ in 0..reps {
+        let start = Instant::now();
+        out = f();
+        sync(device);
+        ms.push(start.elapsed().as_secs_f64() * 1e3);
+    }
+    ms.sort_by(|a, b| a.total_cmp(b));
+    println!(
+        "{label:<52} {:>9.1} ms min {:>9.1} ms median",
+        ms[0],
+        ms[ms.len() / 2]
+    );
+    out
 }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 import torch
@@ -58,3 +59,43 @@ def iou(pred: torch.Tensor, gt: torch.Tensor) -> float:
     """IoU of two boolean masks; 1 when both are empty (an absent object correctly reported absent)."""
     union = (pred | gt).sum().item()
     return 1.0 if union == 0 else (pred & gt).sum().item() / union
+
+
+# Prompts drawn from a mask, as SAM 2 trains (shared by the nano and refiner trainers)
+
+
+def random_pixel(mask: torch.Tensor, rng: random.Random) -> tuple[float, float] | None:
+    ys, xs = torch.nonzero(mask, as_tuple=True)
+    if len(ys) == 0:
+        return None
+    k = rng.randrange(len(ys))
+    return float(xs[k]), float(ys[k])
+
+
+def correction_click(pred: torch.Tensor, gt: torch.Tensor, rng: random.Random) -> tuple[tuple, int] | None:
+    """A click where the prediction is wrong: positive on a missed pixel, negative on a false one,
+    from whichever error is larger (SAM 2's correction sampling)."""
+    missed, false = gt & ~pred, pred & ~gt
+    if missed.sum() == 0 and false.sum() == 0:
+        return None
+    if missed.sum() >= false.sum():
+        return random_pixel(missed, rng), 1
+    return random_pixel(false, rng), 0
+
+
+def point_inputs(prompts: list[tuple[list, list]], device: torch.device) -> dict:
+    """Batch prompts of unequal length, padded with label -1 (as the official prompt encoder expects), on
+    `device`."""
+    n = max(len(p) for p, _ in prompts)
+    coords = torch.zeros(len(prompts), n, 2)
+    labels = torch.full((len(prompts), n), -1, dtype=torch.int32)
+    for b, (points, lab) in enumerate(prompts):
+        coords[b, : len(points)] = torch.tensor(points)
+        labels[b, : len(lab)] = torch.tensor(lab, dtype=torch.int32)
+    return {"point_coords": coords.to(device), "point_labels": labels.to(device)}
+
+
+def scene_seed(run_seed: int, counter: int) -> int:
+    """Training scene seeds stay below 2**40; held-out sets start above (nano: `EVAL_SEED_BASE`, 2**50;
+    refiner: 2**51)."""
+    return run_seed * 2**32 + counter

@@ -44,7 +44,17 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 import scenes
-from common import MIN_OBJECT_PIXELS, WEIGHTS, bounding_box, build_model, normalise
+from common import (
+    MIN_OBJECT_PIXELS,
+    WEIGHTS,
+    bounding_box,
+    build_model,
+    correction_click,
+    normalise,
+    point_inputs,
+    random_pixel,
+    scene_seed,
+)
 
 BCE_WEIGHT, DICE_WEIGHT, IOU_WEIGHT, CLASS_WEIGHT = 1.0, 1.0, 1.0, 1.0
 
@@ -52,14 +62,6 @@ BCE_WEIGHT, DICE_WEIGHT, IOU_WEIGHT, CLASS_WEIGHT = 1.0, 1.0, 1.0, 1.0
 # --------------------------------------------------------------------------------------------------
 # Prompts
 # --------------------------------------------------------------------------------------------------
-
-
-def random_pixel(mask: torch.Tensor, rng: random.Random) -> tuple[float, float] | None:
-    ys, xs = torch.nonzero(mask, as_tuple=True)
-    if len(ys) == 0:
-        return None
-    k = rng.randrange(len(ys))
-    return float(xs[k]), float(ys[k])
 
 
 def initial_prompt(gt: torch.Tensor, rng: random.Random) -> tuple[list, list]:
@@ -94,29 +96,6 @@ def dilate(mask: torch.Tensor, radius: int) -> torch.Tensor:
     side = 2 * radius + 1
     x = F.max_pool2d(mask.float()[None, None], (side, 1), 1, (radius, 0))
     return F.max_pool2d(x, (1, side), 1, (0, radius))[0, 0].bool()
-
-
-def correction_click(pred: torch.Tensor, gt: torch.Tensor, rng: random.Random) -> tuple[tuple, int] | None:
-    """A click where the prediction is wrong: positive on a missed pixel, negative on a false one,
-    from whichever error is larger (SAM 2's correction sampling)."""
-    missed, false = gt & ~pred, pred & ~gt
-    if missed.sum() == 0 and false.sum() == 0:
-        return None
-    if missed.sum() >= false.sum():
-        return random_pixel(missed, rng), 1
-    return random_pixel(false, rng), 0
-
-
-def point_inputs(prompts: list[tuple[list, list]], device: torch.device) -> dict:
-    """Batch prompts of unequal length, padded with label -1 (as the official prompt encoder expects), on
-    `device`."""
-    n = max(len(p) for p, _ in prompts)
-    coords = torch.zeros(len(prompts), n, 2)
-    labels = torch.full((len(prompts), n), -1, dtype=torch.int32)
-    for b, (points, lab) in enumerate(prompts):
-        coords[b, : len(points)] = torch.tensor(points)
-        labels[b, : len(lab)] = torch.tensor(lab, dtype=torch.int32)
-    return {"point_coords": coords.to(device), "point_labels": labels.to(device)}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -365,11 +344,6 @@ def no_dropout(model) -> None:
             module.p = 0.0
         if hasattr(module, "dropout_p"):
             module.dropout_p = 0.0
-
-
-def scene_seed(run_seed: int, counter: int) -> int:
-    """Training scene seeds stay below 2**40; the held-out set starts at 2**50 (`common.EVAL_SEED_BASE`)."""
-    return run_seed * 2**32 + counter
 
 
 def main() -> None:

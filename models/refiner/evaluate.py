@@ -124,7 +124,7 @@ def mean(pairs, k: int) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--refiner", type=Path, default=OUT)
-    ap.add_argument("--images", type=int, default=60)
+    ap.add_argument("--images", type=int, default=30)
     ap.add_argument("--modes", nargs="*", default=list(MODES), choices=MODES)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--base-config", type=Path, default=CONFIG)

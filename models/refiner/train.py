@@ -37,13 +37,13 @@ HERE = Path(__file__).resolve().parent
 sys.path.append(str(HERE.parent / "nano"))  # after this folder: both have a train.py and an evaluate.py
 
 import fine_scenes  # noqa: E402
-from common import CONFIG, WEIGHTS, normalise  # noqa: E402
+from common import CONFIG, WEIGHTS, correction_click, normalise, point_inputs, random_pixel, scene_seed  # noqa: E402
 from image_path import CELL, capture_upscaled, encode, quadrant_origins, roi_origin  # noqa: E402
 from refiner import LocalFeatures, Refiner, save_refiner, upsample  # noqa: E402
 
 OUT = HERE / "sam2.1_nano.refiner.safetensors"
 BOUNDARY_RADIUS = 3  # pixels at S either side of the true edge
-LOSS_WEIGHTS = {"bce": 1.0, "dice": 1.0, "boundary": 1.0}  # `--loss-weights` sets them
+LOSS_WEIGHTS = {"bce": 1.0, "dice": 1.0, "boundary": 1.0, "lovasz": 0.0}  # `--loss-weights` sets them
 
 
 # --------------------------------------------------------------------------------------------------
@@ -76,14 +76,6 @@ def load_base(config: Path, weights: Path, device: str):
 # --------------------------------------------------------------------------------------------------
 
 
-def random_pixel(mask: torch.Tensor, rng: random.Random) -> tuple[float, float] | None:
-    ys, xs = torch.nonzero(mask, as_tuple=True)
-    if len(ys) == 0:
-        return None
-    k = rng.randrange(len(ys))
-    return float(xs[k]), float(ys[k])
-
-
 def first_prompt(gt: torch.Tensor, rng: random.Random) -> tuple[list, list]:
     """A click (inside, away from the edge where the object is thick enough), a jittered box, or 2 to 6
     clicks with some negative ones just outside."""
@@ -114,27 +106,6 @@ def first_prompt(gt: torch.Tensor, rng: random.Random) -> tuple[list, list]:
     return points, labels
 
 
-def correction_click(pred: torch.Tensor, gt: torch.Tensor, rng: random.Random):
-    """Positive on a missed pixel or negative on a false one, from the larger error."""
-    missed, false = gt & ~pred, pred & ~gt
-    if missed.sum() == 0 and false.sum() == 0:
-        return None
-    if missed.sum() >= false.sum():
-        return random_pixel(missed, rng), 1
-    return random_pixel(false, rng), 0
-
-
-def point_inputs(prompts, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Prompts of unequal length, padded with label -1."""
-    n = max(len(p) for p, _ in prompts)
-    coords = torch.zeros(len(prompts), n, 2)
-    labels = torch.full((len(prompts), n), -1, dtype=torch.int32)
-    for b, (points, lab) in enumerate(prompts):
-        coords[b, : len(points)] = torch.tensor(points)
-        labels[b, : len(lab)] = torch.tensor(lab, dtype=torch.int32)
-    return coords.to(device), labels.to(device)
-
-
 # --------------------------------------------------------------------------------------------------
 # Losses
 # --------------------------------------------------------------------------------------------------
@@ -154,6 +125,24 @@ def edge_band(gt: torch.Tensor) -> torch.Tensor:
     return (grown - shrunk)[:, 0] > 0
 
 
+def lovasz_hinge(logits: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
+    """[N]: the Lovász hinge (Berman et al. 2018) of each mask, a convex surrogate of 1 - IoU of the
+    thresholded mask: it scores the hard mask, where BCE and dice score probabilities."""
+    out = []
+    for x, y in zip(logits.flatten(1), gt.flatten(1).float()):
+        signs = 2 * y - 1
+        errors = 1 - x * signs
+        errors_sorted, order = torch.sort(errors, descending=True)
+        y_sorted = y[order]
+        total = y_sorted.sum()
+        intersection = total - y_sorted.cumsum(0)
+        union = total + (1 - y_sorted).cumsum(0)
+        jaccard = 1 - intersection / union
+        grad = torch.cat([jaccard[:1], jaccard[1:] - jaccard[:-1]])
+        out.append(torch.dot(F.relu(errors_sorted), grad))
+    return torch.stack(out)
+
+
 def refine_losses(logits: torch.Tensor, soft: torch.Tensor) -> torch.Tensor:
     """logits [N, S, S], soft truth [N, S, S] in [0, 1] -> [N]."""
     bce = F.binary_cross_entropy_with_logits(logits, soft, reduction="none")
@@ -163,7 +152,10 @@ def refine_losses(logits: torch.Tensor, soft: torch.Tensor) -> torch.Tensor:
     band = edge_band(soft > 0.5).float()
     boundary = (bce * band).flatten(1).sum(-1) / band.flatten(1).sum(-1).clamp_min(1)
     w = LOSS_WEIGHTS
-    return w["bce"] * bce.flatten(1).mean(-1) + w["dice"] * dice + w["boundary"] * boundary
+    loss = w["bce"] * bce.flatten(1).mean(-1) + w["dice"] * dice + w["boundary"] * boundary
+    if w["lovasz"]:
+        loss = loss + w["lovasz"] * lovasz_hinge(logits, soft > 0.5)
+    return loss
 
 
 def iou(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
@@ -255,7 +247,8 @@ def step(model, refiner, batch, rng, args) -> tuple[torch.Tensor, dict]:
     prompts = [first_prompt(g, rng) for g in gt_host]
     mask_input, total, stats = None, 0.0, {}
     for round_ in range(1 + args.corrections):
-        coords, labels = point_inputs(prompts, device)
+        points = point_inputs(prompts, device)
+        coords, labels = points["point_coords"], points["point_labels"]
         sparse, dense = model.sam_prompt_encoder(points=(coords, labels), boxes=None, masks=mask_input)
         sparse, dense = refiner.prompt_retargeting(sparse, dense, coords, labels, enhanced[2], mask_input, stride=float(CELL))
         multimask = round_ == 0 and all(len(lab) == 1 for _, lab in prompts)
@@ -304,11 +297,6 @@ def render_batch(seeds: list[int], size: int, rng: random.Random, hqseg=None, hq
     return torch.stack(frames), alphas
 
 
-def scene_seed(run_seed: int, counter: int) -> int:
-    """Training scene seeds stay below 2**40; the held-out set starts at `evaluate.EVAL_SEED_BASE`."""
-    return run_seed * 2**32 + counter
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seed", type=int, default=0)
@@ -328,14 +316,14 @@ def main() -> None:
     ap.add_argument("--log-every", type=int, default=25)
     ap.add_argument("--targets", choices=("soft", "binary"), default="soft",
                     help="supervise with the anti-aliased coverage, or with coverage > 0.5 (what the figures score)")
-    ap.add_argument("--loss-weights", type=float, nargs=3, metavar=("BCE", "DICE", "BOUNDARY"),
-                    default=[LOSS_WEIGHTS[k] for k in ("bce", "dice", "boundary")])
+    ap.add_argument("--loss-weights", type=float, nargs=4, metavar=("BCE", "DICE", "BOUNDARY", "LOVASZ"),
+                    default=[LOSS_WEIGHTS[k] for k in ("bce", "dice", "boundary", "lovasz")])
     ap.add_argument("--hqseg", type=Path, default=None, help="a local HQSeg-44K (its data folder) to mix in")
     ap.add_argument("--hqseg-share", type=float, default=0.5, help="share of frames drawn from --hqseg")
     ap.add_argument("--max-steps", type=int, default=None, help="stop after this many steps of the schedule")
     args = ap.parse_args()
 
-    LOSS_WEIGHTS.update(zip(("bce", "dice", "boundary"), args.loss_weights))
+    LOSS_WEIGHTS.update(zip(("bce", "dice", "boundary", "lovasz"), args.loss_weights))
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     rng = random.Random(args.seed)

@@ -305,3 +305,22 @@ pub fn union(mattes: &[(u32, Vec<u8>)]) -> Vec<u8> {
     }
     u
 }
+
+/// READY->PAUSED of an element that must not start: the error it posts, as "message debug".
+pub fn start_error(element: gst::Element) -> String {
+    let bus = gst::Bus::new();
+    element.set_bus(Some(&bus));
+    assert!(
+        element.set_state(gst::State::Paused).is_err(),
+        "{} must not start",
+        element.name()
+    );
+    let m = bus
+        .pop_filtered(&[gst::MessageType::Error])
+        .expect("an error message");
+    let gst::MessageView::Error(err) = m.view() else {
+        unreachable!()
+    };
+    element.set_state(gst::State::Null).unwrap();
+    format!("{} {:?}", err.error(), err.debug())
+}

@@ -215,6 +215,12 @@ impl Refiner {
         Self::load(path, &base, dtype, device)
     }
 
+    /// All-zero weights (every gate closed: the output is SAM 2's) at the cost of trained ones:
+    /// for benchmarks.
+    pub fn untrained(base: BaseIdentity, dtype: DType, device: &Device) -> Result<Self> {
+        Ok(Self::new(VarBuilder::zeros(dtype, device), base)?)
+    }
+
     fn new(vb: VarBuilder, base: BaseIdentity) -> candle_core::Result<Self> {
         Ok(Self {
             localization_augment: LocalizationAugment::new(vb.pp("localization_augment"))?,

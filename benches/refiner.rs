@@ -1,0 +1,153 @@
+//! What the refiner costs: ms per frame of each refine mode against plain SAM 2, per stage, in
+//! the image path and in tracking, on random weights (the cost of trained ones).
+//!
+//! ```text
+//! cargo bench --bench refiner -- [--config sam2.1_nano] [--frame 1280x720] [--reps 5] [--device cpu]
+//! ```
+//! Prints the minimum and the median over `--reps` runs after one warm-up, in ms.
+
+mod common;
+
+use candle_core::{DType, Tensor};
+use common::{Args, time};
+use gstsam2refiner::device::{describe, select_device};
+use gstsam2refiner::image::RgbImage;
+use gstsam2refiner::model::refiner::{BaseIdentity, RefineMode, Refiner, crops};
+use gstsam2refiner::model::weights::build_model;
+use gstsam2refiner::model::{BuildMode, ImagePredictor, ImagePrompt, Sam2Config, WeightFile};
+use gstsam2refiner::prompt::Prompt;
+use gstsam2refiner::tracker::{FrameResize, Tracker, TrackerOptions};
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::from_env();
+    let config_name = args.string("--config", "sam2.1_nano");
+    let frame = args.string("--frame", "1280x720");
+    let reps: usize = args.parse("--reps", 5)?;
+    let device = select_device(&args.string("--device", "cpu"))?;
+    let (fw, fh) = frame
+        .split_once('x')
+        .and_then(|(w, h)| Some((w.parse::<usize>().ok()?, h.parse::<usize>().ok()?)))
+        .ok_or_else(|| anyhow::anyhow!("--frame WxH"))?;
+
+    let mut config = Sam2Config::preset(&config_name)?;
+    config.apply_build_overrides(BuildMode::Video);
+    let weights = WeightFile::random(&config, 0)?;
+    let base = BaseIdentity {
+        config: config_name.clone(),
+        weights_hash: String::new(),
+    };
+    let model = build_model(&config, weights, DType::F32, &device)?;
+    let refiner = Refiner::untrained(base, DType::F32, &device)?;
+    let s = config.image_size;
+    println!(
+        "sam2refiner refiner: {config_name} at {s}x{s}, {fw}x{fh} frames, f32, {}, {reps} reps after 1 warm-up",
+        describe(&device)
+    );
+    let pixels: Vec<u8> = (0..fw * fh * 3).map(|i| (i * 7 % 251) as u8).collect();
+    let image = RgbImage {
+        width: fw,
+        height: fh,
+        pixels,
+    };
+    let rgb = image.to_tensor(&device)?;
+
+    println!("-- stages");
+    time(
+        "local features: 4 quadrants (encoder, batch 4)",
+        reps,
+        &device,
+        || crops::local_features(&model, &rgb, &crops::quadrant_origins(s)).unwrap(),
+    );
+    let roi = time(
+        "local features: 1 ROI window (encoder, batch 1)",
+        reps,
+        &device,
+        || crops::window_features(&model, &rgb, &[(s / 4 / 16 * 16, s / 4 / 16 * 16)]).unwrap(),
+    );
+    let input = gstsam2refiner::model::transforms::image_to_input(&rgb, s, DType::F32)?;
+    let features = model.forward_image(&input)?;
+    let (f0, f1) = features.high_res(3).expect("high-res features");
+    let global = [f0.clone(), f1.clone(), features.vision_features().clone()];
+    let enhanced = time(
+        "localization augment (3 levels, ROI)",
+        reps,
+        &device,
+        || {
+            refiner
+                .localization_augment
+                .forward(&global, &roi[0])
+                .unwrap()
+        },
+    );
+    let low = Tensor::zeros((1, 1, s / 4, s / 4), DType::F32, &device)?;
+    let upscaled = Tensor::zeros((1, 32, s / 4, s / 4), DType::F32, &device)?;
+    let (local_s2, coverage) = crops::stride2_local(&roi[0], s)?;
+    time("mask refinement (one mask, to SxS)", reps, &device, || {
+        refiner
+            .mask_refinement
+            .forward(&low, &upscaled, &input, &local_s2, &coverage)
+            .unwrap()
+    });
+    drop(enhanced);
+
+    println!("-- image path: set_image + one box prompt");
+    let prompt = ImagePrompt::clicks_and_box(
+        &[],
+        &[],
+        Some([
+            fw as f32 * 0.3,
+            fh as f32 * 0.3,
+            fw as f32 * 0.6,
+            fh as f32 * 0.7,
+        ]),
+    );
+    for mode in [RefineMode::Off, RefineMode::Quadrants, RefineMode::Roi] {
+        time(&format!("image, refine {mode}"), reps, &device, || {
+            let mut p = ImagePredictor::with_refiner(&model, &refiner, mode);
+            p.set_image(&rgb).unwrap();
+            p.predict(&prompt, false).unwrap()
+        });
+    }
+
+    println!("-- tracking: ms per frame, one object");
+    for mode in [RefineMode::Off, RefineMode::Quadrants, RefineMode::Roi] {
+        let mut options = TrackerOptions::for_config(&config);
+        options.frame_resize = FrameResize::Bilinear;
+        options.refine_mode = mode;
+        let mut tracker = Tracker::new(
+            build_model(
+                &config,
+                WeightFile::random(&config, 0)?,
+                DType::F32,
+                &device,
+            )?,
+            options,
+        );
+        tracker.set_refiner(Some(Refiner::untrained(
+            refiner.base.clone(),
+            DType::F32,
+            &device,
+        )?));
+        tracker.push_frame(0, &image)?;
+        tracker.add_prompt(&Prompt {
+            frame: 0,
+            object: 1,
+            points: vec![[fw as f32 / 2.0, fh as f32 / 2.0]],
+            labels: vec![1],
+            bbox: None,
+            mask: None,
+        })?;
+        let mut id = 1u64;
+        time(
+            &format!("track one frame, refine {mode}"),
+            reps,
+            &device,
+            || {
+                let out = tracker.push_frame(id, &image).unwrap();
+                id += 1;
+                tracker.frame_mattes(&out, 0.0).unwrap()
+            },
+        );
+    }
+    Ok(())
+}
