@@ -64,6 +64,27 @@ def iou(pred: torch.Tensor, gt: torch.Tensor) -> float:
 # Prompts drawn from a mask, as SAM 2 trains (shared by the nano and refiner trainers)
 
 
+def square_max(x: torch.Tensor, radius: int) -> torch.Tensor:
+    """Max over a (2r+1)² square of [N, C, H, W]: a max over the square is a max over its rows of a max
+    over its columns, two 1-D pools that give the same values ten times faster than one 2-D pool."""
+    side = 2 * radius + 1
+    return F.max_pool2d(F.max_pool2d(x, (side, 1), 1, (radius, 0)), (1, side), 1, (0, radius))
+
+
+def jittered_box(gt: torch.Tensor, rng: random.Random, ratio: float, cap: float) -> list[float]:
+    """A box prompt as SAM 2 trains them: the bounding box of `gt` (H, W), each coordinate moved by
+    N(0, ratio × side) clipped to ±cap pixels, kept inside the image."""
+    x0, y0, x1, y1 = bounding_box(gt)
+    w, h = x1 - x0, y1 - y0
+
+    def j(side):
+        return max(-cap, min(cap, rng.gauss(0, ratio * side)))
+
+    box = [x0 + j(w), y0 + j(h), x1 + j(w), y1 + j(h)]
+    last = float(gt.shape[-1] - 1)
+    return [max(0.0, min(last, c)) for c in box]
+
+
 def random_pixel(mask: torch.Tensor, rng: random.Random) -> tuple[float, float] | None:
     ys, xs = torch.nonzero(mask, as_tuple=True)
     if len(ys) == 0:

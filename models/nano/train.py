@@ -23,8 +23,8 @@ Two phases: images (the prompt path), then clips mixed with images (the memory p
 is the longer one, so that the memory path learns while the learning rate is still high: when clips came
 only in the last 900 steps, under a cosine already near zero, tracking lagged far behind single images.
 
-One seed fixes the scenes, the prompts and the initialisation; on the same thread count the run is
-repeatable.
+One seed fixes the scenes, the prompts and the initialisation; on the same thread count, on an idle
+machine, the run is repeatable (see MODEL_CARD.md for a contended run that was not, by one f16 ulp).
 
     /opt/sam2-reference/bin/python models/nano/train.py --seed 0    # writes models/nano/sam2.1_nano.safetensors
 
@@ -47,13 +47,14 @@ import scenes
 from common import (
     MIN_OBJECT_PIXELS,
     WEIGHTS,
-    bounding_box,
     build_model,
     correction_click,
+    jittered_box,
     normalise,
     point_inputs,
     random_pixel,
     scene_seed,
+    square_max,
 )
 
 BCE_WEIGHT, DICE_WEIGHT, IOU_WEIGHT, CLASS_WEIGHT = 1.0, 1.0, 1.0, 1.0
@@ -70,13 +71,8 @@ def initial_prompt(gt: torch.Tensor, rng: random.Random) -> tuple[list, list]:
     if kind < 0.45:
         return [random_pixel(gt, rng)], [1]
     if kind < 0.8:
-        x0, y0, x1, y1 = bounding_box(gt)
         # Jitter as SAM 2 trains boxes: noise of 10 % of the side, at most 20 px.
-        w, h = x1 - x0, y1 - y0
-        def j(side):
-            return max(-20.0, min(20.0, rng.gauss(0, 0.1 * side)))
-        box = [x0 + j(w), y0 + j(h), x1 + j(w), y1 + j(h)]
-        box = [max(0.0, min(255.0, c)) for c in box]
+        box = jittered_box(gt, rng, 0.1, 20.0)
         return [(box[0], box[1]), (box[2], box[3])], [2, 3]
     points = [random_pixel(gt, rng) for _ in range(rng.randint(1, 3))]
     labels = [1] * len(points)
@@ -90,12 +86,9 @@ def initial_prompt(gt: torch.Tensor, rng: random.Random) -> tuple[list, list]:
 
 
 def dilate(mask: torch.Tensor, radius: int) -> torch.Tensor:
-    """`mask` (H, W) grown by `radius` pixels in a square: a max over the square is a max over its rows of
-    a max over its columns, two 1-D passes that give the same mask ten times faster than one 2-D pool
-    (the 2-D pool took a fifth of each image step)."""
-    side = 2 * radius + 1
-    x = F.max_pool2d(mask.float()[None, None], (side, 1), 1, (radius, 0))
-    return F.max_pool2d(x, (1, side), 1, (0, radius))[0, 0].bool()
+    """`mask` (H, W) grown by `radius` pixels in a square (the 2-D pool this replaced took a fifth of each
+    image step)."""
+    return square_max(mask.float()[None, None], radius)[0, 0].bool()
 
 
 # --------------------------------------------------------------------------------------------------

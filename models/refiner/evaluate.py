@@ -38,7 +38,7 @@ import fine_scenes  # noqa: E402
 from common import CONFIG, WEIGHTS, interior_point  # noqa: E402
 from image_path import MODES, RefinedImagePredictor  # noqa: E402
 from refiner import load_refiner  # noqa: E402
-from train import OUT, load_base, square_max  # noqa: E402
+from train import OUT, load_base  # noqa: E402
 
 EVAL_SEED_BASE = 2**51  # training scene seeds stay below 2**40
 MIN_PIXELS = 400  # at the frame's resolution (100 at the nano model's input)

@@ -37,7 +37,17 @@ HERE = Path(__file__).resolve().parent
 sys.path.append(str(HERE.parent / "nano"))  # after this folder: both have a train.py and an evaluate.py
 
 import fine_scenes  # noqa: E402
-from common import CONFIG, WEIGHTS, correction_click, normalise, point_inputs, random_pixel, scene_seed  # noqa: E402
+from common import (  # noqa: E402
+    CONFIG,
+    WEIGHTS,
+    correction_click,
+    jittered_box,
+    normalise,
+    point_inputs,
+    random_pixel,
+    scene_seed,
+    square_max,
+)
 from image_path import CELL, capture_upscaled, encode, quadrant_origins, roi_origin  # noqa: E402
 from refiner import LocalFeatures, Refiner, save_refiner, upsample  # noqa: E402
 
@@ -79,21 +89,13 @@ def load_base(config: Path, weights: Path, device: str):
 def first_prompt(gt: torch.Tensor, rng: random.Random) -> tuple[list, list]:
     """A click (inside, away from the edge where the object is thick enough), a jittered box, or 2 to 6
     clicks with some negative ones just outside."""
-    size = gt.shape[-1]
     kind = rng.random()
     inner = -square_max(-gt.float()[None, None], 2)[0, 0] > 0
     source = inner if inner.any() else gt
     if kind < 0.4:
         return [random_pixel(source, rng)], [1]
     if kind < 0.75:
-        ys, xs = torch.nonzero(gt, as_tuple=True)
-        x0, y0, x1, y1 = float(xs.min()), float(ys.min()), float(xs.max()), float(ys.max())
-        w, h = x1 - x0, y1 - y0
-
-        def j(side):
-            return max(-10.0, min(10.0, rng.gauss(0, 0.08 * side)))
-
-        box = [min(max(c, 0.0), size - 1.0) for c in (x0 + j(w), y0 + j(h), x1 + j(w), y1 + j(h))]
+        box = jittered_box(gt, rng, 0.08, 10.0)
         return [(box[0], box[1]), (box[2], box[3])], [2, 3]
     points = [random_pixel(source, rng) for _ in range(rng.randint(2, 4))]
     labels = [1] * len(points)
@@ -109,12 +111,6 @@ def first_prompt(gt: torch.Tensor, rng: random.Random) -> tuple[list, list]:
 # --------------------------------------------------------------------------------------------------
 # Losses
 # --------------------------------------------------------------------------------------------------
-
-
-def square_max(x: torch.Tensor, radius: int) -> torch.Tensor:
-    """Max over a (2r+1)² square of [N, 1, H, W], as two 1-D pools (the same values, several times faster)."""
-    side = 2 * radius + 1
-    return F.max_pool2d(F.max_pool2d(x, (side, 1), 1, (radius, 0)), (1, side), 1, (0, radius))
 
 
 def edge_band(gt: torch.Tensor) -> torch.Tensor:
