@@ -93,6 +93,18 @@ def random_pixel(mask: torch.Tensor, rng: random.Random) -> tuple[float, float] 
     return float(xs[k]), float(ys[k])
 
 
+def with_negative_clicks(points: list, ring: torch.Tensor, rng: random.Random) -> tuple[list, list]:
+    """Positive `points` and up to two negative clicks drawn from `ring` (the background around the
+    object): (points, labels)."""
+    points, labels = list(points), [1] * len(points)
+    for _ in range(rng.randint(0, 2)):
+        p = random_pixel(ring, rng)
+        if p is not None:
+            points.append(p)
+            labels.append(0)
+    return points, labels
+
+
 def correction_click(pred: torch.Tensor, gt: torch.Tensor, rng: random.Random) -> tuple[tuple, int] | None:
     """A click where the prediction is wrong: positive on a missed pixel, negative on a false one,
     from whichever error is larger (SAM 2's correction sampling)."""

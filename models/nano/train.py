@@ -55,6 +55,7 @@ from common import (
     random_pixel,
     scene_seed,
     square_max,
+    with_negative_clicks,
 )
 
 BCE_WEIGHT, DICE_WEIGHT, IOU_WEIGHT, CLASS_WEIGHT = 1.0, 1.0, 1.0, 1.0
@@ -75,14 +76,7 @@ def initial_prompt(gt: torch.Tensor, rng: random.Random) -> tuple[list, list]:
         box = jittered_box(gt, rng, 0.1, 20.0)
         return [(box[0], box[1]), (box[2], box[3])], [2, 3]
     points = [random_pixel(gt, rng) for _ in range(rng.randint(1, 3))]
-    labels = [1] * len(points)
-    ring = dilate(gt, 15) & ~gt
-    for _ in range(rng.randint(0, 2)):
-        p = random_pixel(ring, rng)
-        if p is not None:
-            points.append(p)
-            labels.append(0)
-    return points, labels
+    return with_negative_clicks(points, dilate(gt, 15) & ~gt, rng)
 
 
 def dilate(mask: torch.Tensor, radius: int) -> torch.Tensor:

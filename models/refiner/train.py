@@ -47,6 +47,7 @@ from common import (  # noqa: E402
     random_pixel,
     scene_seed,
     square_max,
+    with_negative_clicks,
 )
 from image_path import CELL, capture_upscaled, encode, quadrant_origins, roi_origin  # noqa: E402
 from refiner import LocalFeatures, Refiner, save_refiner, upsample  # noqa: E402
@@ -98,14 +99,7 @@ def first_prompt(gt: torch.Tensor, rng: random.Random) -> tuple[list, list]:
         box = jittered_box(gt, rng, 0.08, 10.0)
         return [(box[0], box[1]), (box[2], box[3])], [2, 3]
     points = [random_pixel(source, rng) for _ in range(rng.randint(2, 4))]
-    labels = [1] * len(points)
-    ring = (square_max(gt.float()[None, None], 4)[0, 0] > 0) & ~gt
-    for _ in range(rng.randint(0, 2)):
-        p = random_pixel(ring, rng)
-        if p is not None:
-            points.append(p)
-            labels.append(0)
-    return points, labels
+    return with_negative_clicks(points, (square_max(gt.float()[None, None], 4)[0, 0] > 0) & ~gt, rng)
 
 
 # --------------------------------------------------------------------------------------------------
