@@ -260,3 +260,83 @@ fn half_precision_runs_and_stays_close() {
     );
     assert!(err.contains("bf16") && err.contains("CPU"), "{err}");
 }
+
+/// `--refiner`: the refiner fixture's random refiner on the built-in nano model gives the PyTorch
+/// reference's masks (box prompt, each mode), `--refine-mode off` plain SAM 2, and a refiner for
+/// other weights is refused in one line that says so.
+#[test]
+fn refiner_flags_refine_and_check_the_base() {
+    let dir = fixture_dir("refiner");
+    let refiner = dir.join("refiner.safetensors");
+    let cases: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("cases.json")).unwrap()).unwrap();
+    let box_case = cases["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "quadrants_box")
+        .unwrap();
+    let prompts = scratch("refiner-box.json");
+    std::fs::write(
+        &prompts,
+        format!(
+            r#"{{"prompts": [{{"frame": 0, "object": 1, "box": {}}}]}}"#,
+            box_case["box"]
+        ),
+    )
+    .unwrap();
+    let expected =
+        candle_core::safetensors::load(dir.join("expected.safetensors"), &Device::Cpu).unwrap();
+    let run = |mode: &str| {
+        let out = scratch(&format!("refiner-{mode}.safetensors"));
+        let result = sam2refiner()
+            .args([
+                "image",
+                "--device",
+                "cpu",
+                "--refine-mode",
+                mode,
+                "--refiner",
+            ])
+            .arg(&refiner)
+            .arg("--image")
+            .arg(dir.join("frame.png"))
+            .arg("--prompts")
+            .arg(&prompts)
+            .arg("--out")
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert!(result.status.success(), "{result:?}");
+        candle_core::safetensors::load(&out, &Device::Cpu).unwrap()["image/obj1"].clone()
+    };
+    let quadrants = run("quadrants");
+    let want = expected["quadrants_box/masks"].get(0).unwrap();
+    assert_logits_match("cli quadrants box", &quadrants, &want);
+    let off = run("off");
+    assert!(!logits_match(&off, &want), "off must not refine");
+
+    // The refiner was trained for the nano weights, not for the t256 fixture model's.
+    let t256 = fixture_dir("t256");
+    let error = one_line_error(
+        sam2refiner()
+            .args(["image", "--device", "cpu", "--config"])
+            .arg(t256.join("config.yaml"))
+            .arg("--weights")
+            .arg(weights_path("t256"))
+            .arg("--refiner")
+            .arg(&refiner)
+            .arg("--image")
+            .arg(dir.join("frame.png"))
+            .arg("--prompts")
+            .arg(&prompts)
+            .arg("--out")
+            .arg(scratch("refused.safetensors"))
+            .output()
+            .unwrap(),
+    );
+    assert!(
+        error.contains("trained for the base model sam2.1_nano"),
+        "{error}"
+    );
+}
