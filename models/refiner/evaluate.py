@@ -12,6 +12,10 @@ each mode:
   current mask (positive on a miss, negative on a false positive), with the previous low-resolution
   logits as the mask prompt, as the element and the CLI feed corrections.
 
+and on `--clips` moving clips of `--frames` frames, the largest object clicked once at its deepest pixel on
+frame 0 and tracked (the official video predictor, with the refiner in its SAM heads for the refined modes;
+frames brought to the input as the element does, bilinear).
+
 Scores at the frame's resolution against the truth (coverage above one half): IoU, and boundary IoU as
 the HQ-SAM evaluation computes it (Cheng et al. 2021: the pixels of each mask within 2 % of the image
 diagonal of its outside, the image border counting as outside). Figures are means over objects, in
@@ -23,7 +27,9 @@ percent, as the papers print them.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -37,7 +43,9 @@ sys.path.append(str(HERE.parent / "nano"))  # after this folder: both have a tra
 import fine_scenes  # noqa: E402
 from common import CONFIG, WEIGHTS, interior_point  # noqa: E402
 from image_path import MODES, RefinedImagePredictor  # noqa: E402
+from PIL import Image  # noqa: E402
 from refiner import load_refiner  # noqa: E402
+from video_path import RefinedVideoPredictor, frame_input  # noqa: E402
 from train import OUT, load_base  # noqa: E402
 
 EVAL_SEED_BASE = 2**51  # training scene seeds stay below 2**40
@@ -117,6 +125,53 @@ def evaluate(model, refiner, modes: list[str], images: int, frame_size: int) -> 
     return results
 
 
+def _nano_evaluate():
+    """`models/nano/evaluate.py` (this file shares its name): the video predictor's settings."""
+    spec = importlib.util.spec_from_file_location("nano_evaluate", HERE.parent / "nano" / "evaluate.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@torch.inference_mode()
+def evaluate_video(refiner, modes: list[str], clips: int, frames: int, frame_size: int) -> dict:
+    """{mode: [per clip (mean IoU, mean boundary IoU) over its frames]}."""
+    nano = _nano_evaluate()
+    results = {mode: [] for mode in modes}
+    seed = EVAL_SEED_BASE + 1_000_000
+    while len(results[modes[0]]) < clips:
+        scene = fine_scenes.random_fine_scene(seed, size=frame_size)
+        seed += 1
+        rendered = [scene.render(float(t)) for t in range(frames)]
+        first = rendered[0][1]
+        sizes = [(a > 0.5).sum().item() for a in first]
+        if not sizes or max(sizes) < MIN_PIXELS:
+            continue
+        target = int(np.argmax(sizes))
+        pixels = [np.ascontiguousarray((im.permute(1, 2, 0) * 255).round().clamp(0, 255).to(torch.uint8).numpy()) for im, _ in rendered]
+        x, y = interior_point(first[target] > 0.5)
+        for mode in modes:
+            predictor = nano.load(nano.build_model(nano.VIDEO_OVERRIDES), WEIGHTS)
+            video = None if mode == "off" else RefinedVideoPredictor(predictor, refiner, mode)
+            if video is not None:
+                video.frames = pixels
+            with tempfile.TemporaryDirectory() as d:
+                for t in range(frames):
+                    Image.new("RGB", (8, 8)).save(Path(d, f"{t:05}.jpg"))
+                state = predictor.init_state(d)
+            state["images"] = torch.stack([frame_input(f, predictor.image_size) for f in pixels])
+            state["video_height"] = state["video_width"] = frame_size
+            state["cached_features"] = {}
+            predictor.add_new_points_or_box(state, 0, 1, points=np.array([[x, y]], np.float32), labels=np.array([1]))
+            per_frame = []
+            for t, _, logits in predictor.propagate_in_video(state):
+                if video is not None:
+                    logits = F.interpolate(video.refined[(t, 0)], size=(frame_size,) * 2, mode="bilinear", align_corners=False)
+                per_frame.append(scores(logits[0, 0] > 0, rendered[t][1][target] > 0.5))
+            results[mode].append((float(np.mean([p[0] for p in per_frame])), float(np.mean([p[1] for p in per_frame]))))
+    return results
+
+
 def mean(pairs, k: int) -> float:
     return 100 * float(np.mean([p[k] for p in pairs]))
 
@@ -125,6 +180,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--refiner", type=Path, default=OUT)
     ap.add_argument("--images", type=int, default=30)
+    ap.add_argument("--clips", type=int, default=10)
+    ap.add_argument("--frames", type=int, default=30)
     ap.add_argument("--modes", nargs="*", default=list(MODES), choices=MODES)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--base-config", type=Path, default=CONFIG)
@@ -135,6 +192,7 @@ def main() -> None:
     model, _ = load_base(args.base_config, args.base_weights, "cpu")
     refiner = load_refiner(args.refiner)
     results = evaluate(model, refiner, args.modes, args.images, 2 * model.image_size)
+    video = evaluate_video(refiner, args.modes, args.clips, args.frames, 2 * model.image_size) if args.clips else None
     objects = len(results[args.modes[0]]["click"])
     print(f"held-out fine-structure set: {args.images} images ({objects} objects) at "
           f"{2 * model.image_size} px; {time.time() - began:.0f} s")
@@ -149,6 +207,9 @@ def main() -> None:
             for m in args.modes
         )
         print(f"| {k + 1} click{'s' if k else ''} (session) | {cells} |")
+    if video:
+        cells = " | ".join(f"{mean(video[m], 0):.1f} | {mean(video[m], 1):.1f}" for m in args.modes)
+        print(f"| video: {args.clips} clips × {args.frames} frames, one click on frame 0 | {cells} |")
 
 
 if __name__ == "__main__":

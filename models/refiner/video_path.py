@@ -29,6 +29,16 @@ from refiner import Refiner, upsample
 MEMORY_MASKS = ("refined", "sam2")
 
 
+def frame_input(frame: np.ndarray, image_size: int) -> torch.Tensor:
+    """A frame or crop (HWC uint8) to the model input [3, S, S], as the engine's streaming transform:
+    bilinear with antialiasing, ImageNet normalisation."""
+    x = torch.from_numpy(frame).permute(2, 0, 1).float() / 255
+    x = F.interpolate(x[None], size=(image_size, image_size), mode="bilinear", align_corners=False, antialias=True)[0]
+    mean = torch.tensor([0.485, 0.456, 0.406])[:, None, None]
+    std = torch.tensor([0.229, 0.224, 0.225])[:, None, None]
+    return (x - mean) / std
+
+
 def mask_box(logits: torch.Tensor) -> list[float] | None:
     """(x0, y0, x1, y1) of the pixels > 0 of [H, W] logits (inclusive), or None."""
     ys, xs = torch.nonzero(logits > 0, as_tuple=True)
@@ -97,13 +107,7 @@ class RefinedVideoPredictor:
         return local_features(self.p, self.transform, self.frames[frame_idx], [roi_origin(box, s)])
 
     def transform(self, crop: np.ndarray) -> torch.Tensor:
-        """A frame or crop (HWC uint8) to the model input, as the engine's frame transform."""
-        x = torch.from_numpy(crop).permute(2, 0, 1).float() / 255
-        s = self.p.image_size
-        x = F.interpolate(x[None], size=(s, s), mode="bilinear", align_corners=False, antialias=True)[0]
-        mean = torch.tensor([0.485, 0.456, 0.406])[:, None, None]
-        std = torch.tensor([0.229, 0.224, 0.225])[:, None, None]
-        return (x - mean) / std
+        return frame_input(crop, self.p.image_size)
 
     def _forward_sam_heads(self, model, backbone_features, point_inputs=None, mask_inputs=None,
                            high_res_features=None, multimask_output=False):
