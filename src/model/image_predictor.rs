@@ -172,6 +172,16 @@ impl<'a> ImagePredictor<'a> {
 
     /// `predict(..., return_logits=True)`.
     pub fn predict(&self, prompt: &ImagePrompt, multimask_output: bool) -> Result<ImagePrediction> {
+        self.predict_with(prompt, multimask_output, true)
+    }
+
+    /// `predict`, refined when `refine` and the predictor has a refiner in a mode other than off.
+    fn predict_with(
+        &self,
+        prompt: &ImagePrompt,
+        multimask_output: bool,
+        refine: bool,
+    ) -> Result<ImagePrediction> {
         let Some(features) = &self.features else {
             bail!("an image must be set before prediction");
         };
@@ -215,52 +225,46 @@ impl<'a> ImagePredictor<'a> {
             .sam_prompt_encoder
             .forward(points.as_ref(), mask_input.as_ref())?;
         let refine = match (self.refiner, &features.refine) {
-            (Some((refiner, mode)), Some(inputs)) if mode != RefineMode::Off => Some((
+            (Some((refiner, mode)), Some(inputs)) if refine && mode != RefineMode::Off => Some((
                 refiner,
                 inputs,
                 self.local_for(prompt, inputs, multimask_output)?,
             )),
             _ => None,
         };
-        let Some((refiner, inputs, local)) = refine else {
-            let decoded = model.sam_mask_decoder.forward(
-                &features.image_embed,
-                model.sam_prompt_encoder.dense_pe(),
-                &sparse,
-                &dense,
-                multimask_output,
-                false,
-                features.high_res.as_ref().map(|(a, b)| (a, b)),
-            )?;
-            let low_res = decoded.masks.to_dtype(DType::F32)?.squeeze(0)?; // [K, 4h, 4w]
-            let cleaned = self.clean_small_regions(&low_res)?;
-            return Ok(ImagePrediction {
-                masks: upsample_logits(&cleaned, (h, w))?,
-                iou: decoded.iou.to_dtype(DType::F32)?.squeeze(0)?,
-                low_res: low_res.clamp(-32f32, 32f32)?,
-                refined: false,
-            });
+        // SAM 2's decoder inputs, enhanced by localization augment and prompt retargeting when
+        // refining.
+        let (image_embed, high_res, sparse, dense) = match &refine {
+            None => (
+                features.image_embed.clone(),
+                features.high_res.clone(),
+                sparse,
+                dense,
+            ),
+            Some((refiner, _, local)) => {
+                let Some((feat_s0, feat_s1)) = &features.high_res else {
+                    bail!(
+                        "the refiner needs a model with high-resolution features (use_high_res_features_in_sam)"
+                    );
+                };
+                let global = [
+                    feat_s0.clone(),
+                    feat_s1.clone(),
+                    features.image_embed.clone(),
+                ];
+                let [feat_s0, feat_s1, image_embed] =
+                    refiner.localization_augment.forward(&global, local)?;
+                let (sparse, dense) = refiner.prompt_retargeting.forward(
+                    &sparse,
+                    &dense,
+                    points.as_ref(),
+                    &image_embed,
+                    mask_input.as_ref(),
+                    CELL as f32,
+                )?;
+                (image_embed, Some((feat_s0, feat_s1)), sparse, dense)
+            }
         };
-        let Some((feat_s0, feat_s1)) = &features.high_res else {
-            bail!(
-                "the refiner needs a model with high-resolution features (use_high_res_features_in_sam)"
-            );
-        };
-        let global = [
-            feat_s0.clone(),
-            feat_s1.clone(),
-            features.image_embed.clone(),
-        ];
-        let [feat_s0, feat_s1, image_embed] =
-            refiner.localization_augment.forward(&global, &local)?;
-        let (sparse, dense) = refiner.prompt_retargeting.forward(
-            &sparse,
-            &dense,
-            points.as_ref(),
-            &image_embed,
-            mask_input.as_ref(),
-            CELL as f32,
-        )?;
         let decoded = model.sam_mask_decoder.forward(
             &image_embed,
             model.sam_prompt_encoder.dense_pe(),
@@ -268,23 +272,29 @@ impl<'a> ImagePredictor<'a> {
             &dense,
             multimask_output,
             false,
-            Some((&feat_s0, &feat_s1)),
+            high_res.as_ref().map(|(a, b)| (a, b)),
         )?;
-        let low_res = decoded.masks.to_dtype(DType::F32)?.squeeze(0)?;
+        let low_res = decoded.masks.to_dtype(DType::F32)?.squeeze(0)?; // [K, 4h, 4w]
         let cleaned = self.clean_small_regions(&low_res)?;
-        let (local_s2, coverage) = crops::stride2_local(&local, model.config.image_size)?;
-        let refined = refiner.mask_refinement.forward(
-            &cleaned.unsqueeze(0)?.to_dtype(dtype)?,
-            &decoded.upscaled,
-            &inputs.input,
-            &local_s2,
-            &coverage,
-        )?;
+        let masks = match &refine {
+            None => upsample_logits(&cleaned, (h, w))?,
+            Some((refiner, inputs, local)) => {
+                let (local_s2, coverage) = crops::stride2_local(local, model.config.image_size)?;
+                let refined = refiner.mask_refinement.forward(
+                    &cleaned.unsqueeze(0)?.to_dtype(dtype)?,
+                    &decoded.upscaled,
+                    &inputs.input,
+                    &local_s2,
+                    &coverage,
+                )?;
+                upsample_logits(&refined.squeeze(0)?, (h, w))?
+            }
+        };
         Ok(ImagePrediction {
-            masks: upsample_logits(&refined.squeeze(0)?, (h, w))?,
+            masks,
             iou: decoded.iou.to_dtype(DType::F32)?.squeeze(0)?,
             low_res: low_res.clamp(-32f32, 32f32)?,
-            refined: true,
+            refined: refine.is_some(),
         })
     }
 
@@ -307,14 +317,7 @@ impl<'a> ImagePredictor<'a> {
         let frame_box = match prompt.bbox {
             Some(b) => b,
             None => {
-                let plain = ImagePredictor {
-                    model: self.model,
-                    refiner: None,
-                    features: self.features.clone(),
-                    max_hole_area: self.max_hole_area,
-                    max_sprinkle_area: self.max_sprinkle_area,
-                }
-                .predict(prompt, multimask_output)?;
+                let plain = self.predict_with(prompt, multimask_output, false)?;
                 let best = plain.masks.get(plain.best_index()?)?;
                 match crops::positive_box(&best)? {
                     Some(b) => b,

@@ -348,26 +348,19 @@ impl Sam2Base {
             )?),
             None => None,
         };
-        let decoded = match &enhanced {
-            Some([s0, s1, embedding, sparse, dense]) => self.sam_mask_decoder.forward(
-                embedding,
-                self.sam_prompt_encoder.dense_pe(),
-                sparse,
-                dense,
-                multimask_output,
-                false,
-                Some((s0, s1)),
-            )?,
-            None => self.sam_mask_decoder.forward(
-                backbone_features,
-                self.sam_prompt_encoder.dense_pe(),
-                &sparse,
-                &dense,
-                multimask_output,
-                false,
-                high_res_features,
-            )?,
+        let (embedding, high_res, sparse, dense) = match &enhanced {
+            Some([s0, s1, embedding, sparse, dense]) => (embedding, Some((s0, s1)), sparse, dense),
+            None => (backbone_features, high_res_features, &sparse, &dense),
         };
+        let decoded = self.sam_mask_decoder.forward(
+            embedding,
+            self.sam_prompt_encoder.dense_pe(),
+            sparse,
+            dense,
+            multimask_output,
+            false,
+            high_res,
+        )?;
         let mut low_res_multimasks = decoded.masks;
         let object_score_logits = decoded.object_score_logits;
         let is_obj_appearing = object_score_logits.gt(0.0)?;
@@ -424,6 +417,14 @@ impl Sam2Base {
         }
         let refined_masks = match refine {
             Some(step) => {
+                // Each object's local features on the stride-2 grid, and where they cover.
+                let (local_s2, coverage): (Vec<_>, Vec<_>) = step
+                    .locals
+                    .iter()
+                    .map(|l| stride2_local(l, self.config.image_size))
+                    .collect::<Result<Vec<_>>>()?
+                    .into_iter()
+                    .unzip();
                 let refined = step.refiner.mask_refinement.forward(
                     &low_res_masks,
                     &decoded.upscaled,
@@ -431,8 +432,8 @@ impl Sam2Base {
                         .image
                         .broadcast_as(step.image.dims4().map(|(_, c, h, w)| (b, c, h, w))?)?
                         .contiguous()?,
-                    &per_row(step, |l| Ok(stride2_local(l, self.config.image_size)?.0))?,
-                    &per_row(step, |l| Ok(stride2_local(l, self.config.image_size)?.1))?,
+                    &Tensor::cat(&local_s2, 0)?,
+                    &Tensor::cat(&coverage, 0)?,
                 )?;
                 let absent = Tensor::full(NO_OBJ_SCORE, (), &self.device)?
                     .to_dtype(refined.dtype())?
@@ -852,13 +853,4 @@ pub fn apply_non_overlapping_constraints(masks: &Tensor) -> Result<Tensor> {
     let keep = max_idx.broadcast_eq(&ids)?;
     let clamped = masks.clamp(f64::NEG_INFINITY, -10.0)?;
     keep.where_cond(masks, &clamped)
-}
-
-/// A tensor per object of a refined step, from its local features, stacked on the batch.
-fn per_row(
-    step: &RefineStep,
-    f: impl Fn(&crate::model::refiner::LocalFeatures) -> Result<Tensor>,
-) -> Result<Tensor> {
-    let rows = step.locals.iter().map(f).collect::<Result<Vec<_>>>()?;
-    Tensor::cat(&rows, 0)
 }
