@@ -287,26 +287,24 @@ fn refiner_flags_refine_and_check_the_base() {
     .unwrap();
     let expected =
         candle_core::safetensors::load(dir.join("expected.safetensors"), &Device::Cpu).unwrap();
-    let run = |mode: &str| {
-        let out = scratch(&format!("refiner-{mode}.safetensors"));
-        let result = sam2refiner()
-            .args([
-                "image",
-                "--device",
-                "cpu",
-                "--refine-mode",
-                mode,
-                "--refiner",
-            ])
+    // `image` with the refiner on the fixture's frame and box, and `extra` model options.
+    let image_with_refiner = |extra: &[&std::ffi::OsStr], out: &Path| {
+        sam2refiner()
+            .args(["image", "--device", "cpu", "--refiner"])
             .arg(&refiner)
+            .args(extra)
             .arg("--image")
             .arg(dir.join("frame.png"))
             .arg("--prompts")
             .arg(&prompts)
             .arg("--out")
-            .arg(&out)
+            .arg(out)
             .output()
-            .unwrap();
+            .unwrap()
+    };
+    let run = |mode: &str| {
+        let out = scratch(&format!("refiner-{mode}.safetensors"));
+        let result = image_with_refiner(&["--refine-mode".as_ref(), mode.as_ref()], &out);
         assert!(result.status.success(), "{result:?}");
         candle_core::safetensors::load(&out, &Device::Cpu).unwrap()["image/obj1"].clone()
     };
@@ -318,23 +316,16 @@ fn refiner_flags_refine_and_check_the_base() {
 
     // The refiner was trained for the nano weights, not for the t256 fixture model's.
     let t256 = fixture_dir("t256");
-    let error = one_line_error(
-        sam2refiner()
-            .args(["image", "--device", "cpu", "--config"])
-            .arg(t256.join("config.yaml"))
-            .arg("--weights")
-            .arg(weights_path("t256"))
-            .arg("--refiner")
-            .arg(&refiner)
-            .arg("--image")
-            .arg(dir.join("frame.png"))
-            .arg("--prompts")
-            .arg(&prompts)
-            .arg("--out")
-            .arg(scratch("refused.safetensors"))
-            .output()
-            .unwrap(),
-    );
+    let (config, weights) = (t256.join("config.yaml"), weights_path("t256"));
+    let error = one_line_error(image_with_refiner(
+        &[
+            "--config".as_ref(),
+            config.as_os_str(),
+            "--weights".as_ref(),
+            weights.as_os_str(),
+        ],
+        &scratch("refused.safetensors"),
+    ));
     assert!(
         error.contains("trained for the base model sam2.1_nano"),
         "{error}"
