@@ -8,8 +8,6 @@ crops of the frame, then PR and MR, and upsample MR's S×S logits to the frame.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -81,15 +79,26 @@ def stride2_local(local: LocalFeatures, image_size: int) -> tuple[torch.Tensor, 
     return F.pad(level, pad), F.pad(torch.ones_like(level[:, :1]), pad)
 
 
-@contextmanager
-def capture_upscaled(decoder):
-    """Records the mask decoder's upscaled embedding: the output of its last upscaling activation."""
+def decode(model, features: list[torch.Tensor], sparse, dense, multimask_output: bool):
+    """The mask decoder on [stride 4, stride 8, embedding] features, as SAM 2 calls it: its outputs
+    (masks, IoUs, tokens, object scores) and its upscaled embedding, which MR starts from (recorded from
+    the decoder's last upscaling activation: the official code does not return it)."""
+    decoder = model.sam_mask_decoder
     seen: list[torch.Tensor] = []
     handle = decoder.output_upscaling[-1].register_forward_hook(lambda _m, _i, out: seen.append(out))
     try:
-        yield seen
+        out = decoder(
+            image_embeddings=features[2],
+            image_pe=model.sam_prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=multimask_output,
+            repeat_image=False,
+            high_res_features=features[:2],
+        )
     finally:
         handle.remove()
+    return out, seen[-1]
 
 
 class RefinedImagePredictor:
@@ -149,21 +158,12 @@ class RefinedImagePredictor:
             sparse, dense = self.refiner.prompt_retargeting(
                 sparse, dense, coords, labs, features[2], mask, stride=float(CELL)
             )
-        with capture_upscaled(model.sam_mask_decoder) as seen:
-            low, iou, _, _ = model.sam_mask_decoder(
-                image_embeddings=features[2],
-                image_pe=model.sam_prompt_encoder.get_dense_pe(),
-                sparse_prompt_embeddings=sparse,
-                dense_prompt_embeddings=dense,
-                multimask_output=multimask_output,
-                repeat_image=False,
-                high_res_features=features[:2],
-            )
+        (low, iou, _, _), upscaled = decode(model, features, sparse, dense, multimask_output)
         if self.mode == "off":
             full = F.interpolate(low, size=(h, w), mode="bilinear", align_corners=False)
         else:
             local_s2, coverage = stride2_local(local, s)
-            refined = self.refiner.mask_refinement(low, seen[-1], self.input, local_s2, coverage)
+            refined = self.refiner.mask_refinement(low, upscaled, self.input, local_s2, coverage)
             full = F.interpolate(refined, size=(h, w), mode="bilinear", align_corners=False)
         return full[0], iou[0], low[0].clamp(-32, 32)
 

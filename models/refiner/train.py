@@ -49,7 +49,7 @@ from common import (  # noqa: E402
     square_max,
     with_negative_clicks,
 )
-from image_path import CELL, capture_upscaled, encode, quadrant_origins, roi_origin  # noqa: E402
+from image_path import CELL, decode, encode, quadrant_origins, roi_origin  # noqa: E402
 from refiner import LocalFeatures, Refiner, save_refiner, upsample  # noqa: E402
 
 OUT = HERE / "sam2.1_nano.refiner.safetensors"
@@ -242,23 +242,14 @@ def step(model, refiner, batch, rng, args) -> tuple[torch.Tensor, dict]:
         sparse, dense = model.sam_prompt_encoder(points=(coords, labels), boxes=None, masks=mask_input)
         sparse, dense = refiner.prompt_retargeting(sparse, dense, coords, labels, enhanced[2], mask_input, stride=float(CELL))
         multimask = round_ == 0 and all(len(lab) == 1 for _, lab in prompts)
-        with capture_upscaled(model.sam_mask_decoder) as seen:
-            low, _, _, _ = model.sam_mask_decoder(
-                image_embeddings=enhanced[2],
-                image_pe=model.sam_prompt_encoder.get_dense_pe(),
-                sparse_prompt_embeddings=sparse,
-                dense_prompt_embeddings=dense,
-                multimask_output=multimask,
-                repeat_image=False,
-                high_res_features=enhanced[:2],
-            )
+        (low, _, _, _), upscaled = decode(model, enhanced, sparse, dense, multimask)
         rows = torch.arange(len(gt), device=device)
         with torch.no_grad():
             plain = upsample(low, s)  # SAM 2's own logits, for the candidate choice and the figures
             per_candidate = torch.stack([refine_losses(plain[:, k], soft) for k in range(low.shape[1])], 1)
             kept = per_candidate.argmin(1)
         chosen = low[rows, kept][:, None]
-        refined = refiner.mask_refinement(chosen, seen[-1], image_in, local_s2, coverage)[:, 0]
+        refined = refiner.mask_refinement(chosen, upscaled, image_in, local_s2, coverage)[:, 0]
         total = total + refine_losses(refined, soft).mean()
         with torch.no_grad():
             stats[f"r{round_}"] = iou(refined > 0, gt).mean().item()

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from sam2.modeling.sam2_base import NO_OBJ_SCORE
 
-from image_path import CELL, capture_upscaled, local_features, quadrant_origins, roi_origin, stride2_local
+from image_path import CELL, decode, local_features, quadrant_origins, roi_origin, stride2_local
 from refiner import Refiner, upsample
 
 MEMORY_MASKS = ("refined", "sam2")
@@ -138,11 +138,8 @@ class RefinedVideoPredictor:
             local = self.local_for(frame_idx, obj)
             features = self.refiner.localization_augment(features, local)
             sparse, dense = self.refiner.prompt_retargeting(sparse, dense, coords, labels, features[2], mask_prompt, float(CELL))
-        with capture_upscaled(model.sam_mask_decoder) as seen:
-            low_multi, ious, sam_tokens, object_score_logits = model.sam_mask_decoder(
-                image_embeddings=features[2], image_pe=model.sam_prompt_encoder.get_dense_pe(),
-                sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
-                multimask_output=multimask_output, repeat_image=False, high_res_features=features[:2])
+        (low_multi, ious, sam_tokens, object_score_logits), upscaled = decode(
+            model, features, sparse, dense, multimask_output)
         appearing = object_score_logits > 0
         if model.pred_obj_scores:
             low_multi = torch.where(appearing[:, None, None], low_multi, NO_OBJ_SCORE)
@@ -160,7 +157,7 @@ class RefinedVideoPredictor:
         if refine:
             local_s2, coverage = stride2_local(local, s)
             image = self.transform(self.frames[frame_idx])[None]
-            refined = self.refiner.mask_refinement(low, seen[-1], image, local_s2, coverage)
+            refined = self.refiner.mask_refinement(low, upscaled, image, local_s2, coverage)
             refined = torch.where(appearing[:, :, None, None], refined, NO_OBJ_SCORE)
             self.refined[(frame_idx, obj)] = refined
             box = mask_box(refined[0, 0])
