@@ -8,8 +8,8 @@ use candle_core::{D, DType, Module, Result, Tensor, bail};
 use candle_nn::VarBuilder;
 
 use super::kernels::{
-    DepthwiseConv2d, Epilogue, FusedAttention, FusedLinear, FusedMlp, GeluErf, LayerNormChannels,
-    LayerNormLastDim,
+    Conv2dTaps, DepthwiseConv2d, Epilogue, FusedAttention, FusedLinear, FusedMlp, GeluErf,
+    LayerNormChannels, LayerNormLastDim,
 };
 
 /// `nn.Linear`.
@@ -277,7 +277,8 @@ pub fn mlp2(x: &Tensor, fc1: &Linear, fc2: &Linear, activation: Activation) -> R
 
 /// `nn.Conv2d`, NCHW, with fast paths for the shapes SAM 2 uses: 1×1 convolutions and
 /// non-overlapping patch convolutions (kernel = stride) as matrix products, depthwise
-/// convolutions as one pass; anything else goes to candle's im2col convolution.
+/// convolutions as one pass, other stride-1 convolutions (mask refinement's 3×3) as one product
+/// per kernel tap; anything else goes to candle's convolution.
 #[derive(Debug, Clone)]
 pub struct Conv2d {
     weight: Tensor,
@@ -361,6 +362,15 @@ impl Module for Conv2d {
             } else {
                 depthwise_by_shifts(x, &self.weight, self.padding)?
             };
+            return self.add_bias(y);
+        }
+        if self.groups == 1 && self.stride == 1 && x.device().is_cpu() && x.dtype() == DType::F32 {
+            let y = x.contiguous()?.apply_op2_no_bwd(
+                &self.weight.contiguous()?,
+                &Conv2dTaps {
+                    padding: self.padding,
+                },
+            )?;
             return self.add_bias(y);
         }
         let y = x.conv2d(&self.weight, self.padding, self.stride, 1, self.groups)?;

@@ -1,11 +1,12 @@
 //! CPU kernels for the operations where candle's generic path is slow or imprecise: fused
 //! attention (and Hiera's windowed attention), linear layers and two-layer MLPs, LayerNorm, GELU
-//! and depthwise convolution, on contiguous f32 tensors.
+//! and convolutions (depthwise, and dense with stride 1), on contiguous f32 tensors.
 //!
 //! The callers in `nn.rs` use them on the CPU for f32 and fall back to plain tensor arithmetic
 //! for other dtypes and devices, so these are fast paths, never the only path.
 
 mod attention;
+mod conv;
 mod linear;
 mod matmul;
 mod mlp;
@@ -14,6 +15,7 @@ mod simd;
 mod window_attention;
 
 pub(crate) use attention::FusedAttention;
+pub(crate) use conv::Conv2dTaps;
 pub(crate) use linear::{Epilogue, FusedLinear};
 pub(crate) use mlp::FusedMlp;
 pub(crate) use ops::{DepthwiseConv2d, GeluErf, LayerNormChannels, LayerNormLastDim};

@@ -1,0 +1,154 @@
+//! Dense 2-D convolution, stride 1, as matrix products: the few-channel 3×3 convolutions of mask
+//! refinement, which candle's CPU `conv2d` runs several times slower.
+
+use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, bail};
+use rayon::prelude::*;
+
+use super::contiguous_f32;
+use super::matmul::{MatRef, matmul};
+
+/// Output columns (on the padded row width) per task: enough to amortise a product's set-up,
+/// few enough to keep a task's slice of the input in cache and both cores busy.
+const COLUMNS_PER_TASK: usize = 4096;
+
+/// `nn.Conv2d(groups=1, stride=1, padding=p)` without its bias, NCHW.
+///
+/// Each kernel tap (ky, kx) contributes `W[:, :, ky, kx]` [C_out, C_in] times the input shifted
+/// by the tap. On the zero-padded input, a band of output rows computed over the padded width
+/// reads, for every tap, one contiguous run per input channel: so the band is one matrix product
+/// per tap with no im2col copy, and the `padding × 2` extra columns per row are dropped after.
+pub(crate) struct Conv2dTaps {
+    pub padding: usize,
+}
+
+impl CustomOp2 for Conv2dTaps {
+    fn name(&self) -> &'static str {
+        "conv2d-taps"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s1, l1, "conv2d input")?;
+        let w = contiguous_f32(s2, l2, "conv2d weight")?;
+        let (b, c, h, wd) = l1.shape().dims4()?;
+        let (o, wc, kh, kw) = l2.shape().dims4()?;
+        let p = self.padding;
+        if wc != c {
+            bail!("conv2d: weight {:?} for input {:?}", l2.dims(), l1.dims());
+        }
+        let (hp, wp) = (h + 2 * p, wd + 2 * p);
+        if kh == 0 || kw == 0 || kh > hp || kw > wp {
+            bail!("conv2d: kernel {kh}x{kw} for a padded input of {hp}x{wp}");
+        }
+        let (oh, ow) = (hp - kh + 1, wp - kw + 1);
+
+        let mut padded = vec![0f32; b * c * hp * wp];
+        padded
+            .par_chunks_mut(hp * wp)
+            .zip(x.par_chunks(h * wd))
+            .for_each(|(dst, src)| {
+                for (y, row) in src.chunks(wd).enumerate() {
+                    dst[(y + p) * wp + p..(y + p) * wp + p + wd].copy_from_slice(row);
+                }
+            });
+        // Per tap, its [C_out, C_in] matrix, row-major.
+        let mut taps = vec![0f32; kh * kw * o * c];
+        for (i, value) in w.iter().enumerate() {
+            let (oc, tap) = (i / (kh * kw), i % (kh * kw));
+            taps[tap * o * c + oc] = *value;
+        }
+
+        let rows = (COLUMNS_PER_TASK / wp).clamp(1, oh);
+        let bands: Vec<(usize, usize)> = (0..b)
+            .flat_map(|bi| (0..oh).step_by(rows).map(move |y0| (bi, y0)))
+            .collect();
+        let results: Vec<Vec<f32>> = bands
+            .par_iter()
+            .map(|&(bi, y0)| {
+                let n_rows = rows.min(oh - y0);
+                // Output pixel (r, j) of the band at column r * wp + j; the last row needs only ow.
+                let n = (n_rows - 1) * wp + ow;
+                let mut band = vec![0f32; o * n_rows * wp];
+                for ky in 0..kh {
+                    for kx in 0..kw {
+                        let tap = ky * kw + kx;
+                        let start = bi * c * hp * wp + (y0 + ky) * wp + kx;
+                        matmul(
+                            &mut band,
+                            n_rows * wp,
+                            MatRef::rows(&taps[tap * o * c..(tap + 1) * o * c], o, c, c),
+                            MatRef::rows(&padded[start..], c, n, hp * wp),
+                            1.0,
+                            tap > 0,
+                            false,
+                        );
+                    }
+                }
+                band
+            })
+            .collect();
+
+        let mut out = vec![0f32; b * o * oh * ow];
+        for (&(bi, y0), band) in bands.iter().zip(&results) {
+            let n_rows = rows.min(oh - y0);
+            for oc in 0..o {
+                for r in 0..n_rows {
+                    let dst = ((bi * o + oc) * oh + y0 + r) * ow;
+                    let src = (oc * n_rows + r) * wp;
+                    out[dst..dst + ow].copy_from_slice(&band[src..src + ow]);
+                }
+            }
+        }
+        Ok((CpuStorage::F32(out), Shape::from((b, o, oh, ow))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Tensor};
+
+    #[test]
+    fn matches_candles_conv2d() -> Result<()> {
+        let dev = Device::Cpu;
+        // (batch, in, out, height, width, kernel, padding): MR's shapes, odd sizes, a 1×1, no padding.
+        for (b, c, o, h, w, k, p) in [
+            (2, 49, 16, 20, 24, 3, 1),
+            (1, 3, 8, 33, 17, 3, 1),
+            (3, 5, 4, 9, 300, 3, 1),
+            (1, 6, 2, 7, 7, 1, 0),
+            (1, 4, 3, 12, 10, 5, 2),
+            (2, 2, 3, 6, 8, 3, 0),
+        ] {
+            let x = Tensor::randn(0f32, 1.0, (b, c, h, w), &dev)?;
+            let weight = Tensor::randn(0f32, 1.0, (o, c, k, k), &dev)?;
+            let ours = x.apply_op2_no_bwd(&weight, &Conv2dTaps { padding: p })?;
+            let candle = x.conv2d(&weight, p, 1, 1, 1)?;
+            assert_eq!(ours.dims(), candle.dims());
+            let err = (ours - &candle)?.abs()?.max_all()?.to_scalar::<f32>()?;
+            let scale = candle.abs()?.max_all()?.to_scalar::<f32>()?;
+            assert!(
+                err <= 1e-5 * scale,
+                "{:?}: max error {err} of {scale}",
+                (b, c, o, h, w, k, p)
+            );
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn refuses_mismatched_channels() {
+        let dev = Device::Cpu;
+        let x = Tensor::zeros((1, 3, 8, 8), candle_core::DType::F32, &dev).unwrap();
+        let weight = Tensor::zeros((4, 2, 3, 3), candle_core::DType::F32, &dev).unwrap();
+        let err = x
+            .apply_op2_no_bwd(&weight, &Conv2dTaps { padding: 1 })
+            .unwrap_err();
+        assert!(err.to_string().contains("conv2d: weight"), "{err}");
+    }
+}
