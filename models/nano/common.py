@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
@@ -114,6 +115,20 @@ def correction_click(pred: torch.Tensor, gt: torch.Tensor, rng: random.Random) -
     if missed.sum() >= false.sum():
         return random_pixel(missed, rng), 1
     return random_pixel(false, rng), 0
+
+
+def add_correction_clicks(prompts: list[tuple[list, list]], pred: torch.Tensor, gt: torch.Tensor, rng: random.Random) -> None:
+    """Appends to each prompt (points, labels) a click on the larger error of its mask `pred[b]`
+    (`correction_click`); a prompt whose mask is exact keeps what it has."""
+    for b, (points, labels) in enumerate(prompts):
+        click = correction_click(pred[b], gt[b], rng)
+        if click is not None:
+            prompts[b] = (points + [click[0]], labels + [click[1]])
+
+
+def to_uint8(image: torch.Tensor) -> np.ndarray:
+    """A rendered image [3, H, W] in [0, 1] as a frame arrives: 8-bit RGB, HWC."""
+    return (image.permute(1, 2, 0) * 255).round().clamp(0, 255).to(torch.uint8).numpy()
 
 
 def point_inputs(prompts: list[tuple[list, list]], device: torch.device) -> dict:

@@ -32,7 +32,7 @@ import sam2.utils.misc as sam2_misc
 from sam2.sam2_image_predictor import SAM2ImagePredictor
 
 import scenes
-from common import EVAL_SEED_BASE, MIN_OBJECT_PIXELS, WEIGHTS, bounding_box, build_model, interior_point, iou, normalise
+from common import EVAL_SEED_BASE, MIN_OBJECT_PIXELS, WEIGHTS, bounding_box, build_model, interior_point, iou, normalise, to_uint8
 
 # The video predictor's settings in our tracker (as `tests/reference/make_video_fixtures.py`): the CPU
 # reference has no CUDA extension to fill holes, so hole filling is off.
@@ -52,11 +52,6 @@ def load(model, weights: Path):
     state = {k: v.float() for k, v in load_file(str(weights)).items()}
     model.load_state_dict(state, strict=True)
     return model.eval()
-
-
-def to_uint8(image: torch.Tensor) -> np.ndarray:
-    """As a frame arrives: 8-bit RGB, HWC."""
-    return (image.permute(1, 2, 0) * 255).round().clamp(0, 255).to(torch.uint8).numpy()
 
 
 @torch.inference_mode()

@@ -47,6 +47,7 @@ import scenes
 from common import (
     MIN_OBJECT_PIXELS,
     WEIGHTS,
+    add_correction_clicks,
     build_model,
     correction_click,
     jittered_box,
@@ -209,10 +210,7 @@ def image_step(model, batch_scenes, rng, objects_per_image: int, corrections: in
     rows = torch.arange(len(gt))
     for _ in range(corrections):
         pred = (high[rows, kept].detach() > 0).cpu()
-        for b, (points, labels) in enumerate(prompts):
-            click = correction_click(pred[b], gt_host[b], rng)
-            if click is not None:
-                prompts[b] = (points + [click[0]], labels + [click[1]])
+        add_correction_clicks(prompts, pred, gt_host, rng)
         previous = low[rows, kept][:, None].detach().clamp(-32, 32)
         high, ious, scores, low = decode(model, embedding, high_res, prompts, previous)
         step_loss, kept, kept_iou = mask_losses(high, ious, scores, gt, single.expand_as(candidates))

@@ -41,7 +41,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.append(str(HERE.parent / "nano"))  # after this folder: both have a train.py and an evaluate.py
 
 import fine_scenes  # noqa: E402
-from common import CONFIG, WEIGHTS, interior_point  # noqa: E402
+from common import CONFIG, WEIGHTS, bounding_box, interior_point, to_uint8  # noqa: E402
 from image_path import MODES, RefinedImagePredictor  # noqa: E402
 from PIL import Image  # noqa: E402
 from refiner import load_refiner  # noqa: E402
@@ -109,7 +109,7 @@ def evaluate(model, refiner, modes: list[str], images: int, frame_size: int) -> 
     predictors = {mode: RefinedImagePredictor(model, None if mode == "off" else refiner, mode) for mode in modes}
     for i in range(images):
         image, alpha = fine_scenes.random_fine_scene(EVAL_SEED_BASE + i, size=frame_size, still=True).render(0.0)
-        frame = (image.permute(1, 2, 0) * 255).round().clamp(0, 255).to(torch.uint8).numpy()
+        frame = to_uint8(image)
         objects = [a > 0.5 for a in alpha if (a > 0.5).sum() >= MIN_PIXELS]
         for mode, predictor in predictors.items():
             predictor.set_image(frame)
@@ -117,8 +117,7 @@ def evaluate(model, refiner, modes: list[str], images: int, frame_size: int) -> 
                 x, y = interior_point(gt)
                 masks, ious, _ = predictor.predict([[x, y]], [1], None, None, True)
                 results[mode]["click"].append(scores(masks[int(torch.argmax(ious))] > 0, gt))
-                ys, xs = torch.nonzero(gt, as_tuple=True)
-                box = [float(xs.min()), float(ys.min()), float(xs.max()), float(ys.max())]
+                box = [float(v) for v in bounding_box(gt)]
                 masks, _, _ = predictor.predict(None, None, box, None, False)
                 results[mode]["box"].append(scores(masks[0] > 0, gt))
                 results[mode]["session"].append(session(predictor, gt))
@@ -148,7 +147,7 @@ def evaluate_video(refiner, modes: list[str], clips: int, frames: int, frame_siz
         if not sizes or max(sizes) < MIN_PIXELS:
             continue
         target = int(np.argmax(sizes))
-        pixels = [np.ascontiguousarray((im.permute(1, 2, 0) * 255).round().clamp(0, 255).to(torch.uint8).numpy()) for im, _ in rendered]
+        pixels = [np.ascontiguousarray(to_uint8(im)) for im, _ in rendered]
         x, y = interior_point(first[target] > 0.5)
         for mode in modes:
             predictor = nano.load(nano.build_model(nano.VIDEO_OVERRIDES), WEIGHTS)

@@ -101,6 +101,14 @@ def decode(model, features: list[torch.Tensor], sparse, dense, multimask_output:
     return out, seen[-1]
 
 
+def mask_box(logits: torch.Tensor) -> list[float] | None:
+    """(x0, y0, x1, y1) of the pixels > 0 of [H, W] logits (inclusive), or None."""
+    ys, xs = torch.nonzero(logits > 0, as_tuple=True)
+    if len(ys) == 0:
+        return None
+    return [float(xs.min()), float(ys.min()), float(xs.max()), float(ys.max())]
+
+
 class RefinedImagePredictor:
     """`SAM2ImagePredictor` with the refiner. One prompt per call, as the engine's `ImagePredictor`."""
 
@@ -175,9 +183,9 @@ class RefinedImagePredictor:
         plain = RefinedImagePredictor.__new__(RefinedImagePredictor)
         plain.__dict__.update(self.__dict__, mode="off")
         masks, iou, _ = plain.predict(points, labels, None, mask_input, multimask_output)
-        ys, xs = torch.nonzero(masks[int(torch.argmax(iou))] > 0, as_tuple=True)
-        if len(ys):
-            return [float(xs.min()), float(ys.min()), float(xs.max()), float(ys.max())]
+        box = mask_box(masks[int(torch.argmax(iou))])
+        if box is not None:
+            return box
         if points is not None and len(points):
             p = np.asarray(points, dtype=np.float32)
             return [float(p[:, 0].min()), float(p[:, 1].min()), float(p[:, 0].max()), float(p[:, 1].max())]

@@ -36,7 +36,7 @@ sys.path.append(str(HERE.parent / "nano"))  # after this folder: both have a tra
 
 import scenes  # noqa: E402
 import fine_scenes  # noqa: E402
-from common import EVAL_SEED_BASE, WEIGHTS, bounding_box, build_model, interior_point  # noqa: E402
+from common import EVAL_SEED_BASE, WEIGHTS, bounding_box, build_model, interior_point, to_uint8  # noqa: E402
 from image_path import RefinedImagePredictor  # noqa: E402
 from refiner import Refiner, save_refiner  # noqa: E402
 from video_path import RefinedVideoPredictor  # noqa: E402
@@ -85,7 +85,7 @@ def frame_and_masks():
             break
         seed += 1
     frame = F.interpolate(image[None], size=FRAME_HW, mode="bilinear", align_corners=False, antialias=True)[0]
-    frame = (frame.permute(1, 2, 0) * 255).round().clamp(0, 255).to(torch.uint8).numpy()
+    frame = to_uint8(frame)
     big = F.interpolate(masks[:2, None].float(), size=FRAME_HW, mode="nearest")[:, 0] > 0.5
     return np.ascontiguousarray(frame), big
 
@@ -157,7 +157,7 @@ def video_frames() -> tuple[list[np.ndarray], torch.Tensor]:
     for t in range(VIDEO_DECLARED):
         image, _ = scene.render(float(t))
         small = F.interpolate(image[None], size=VIDEO_HW, mode="bilinear", align_corners=False, antialias=True)[0]
-        frames.append(np.ascontiguousarray((small.permute(1, 2, 0) * 255).round().clamp(0, 255).to(torch.uint8).numpy()))
+        frames.append(np.ascontiguousarray(to_uint8(small)))
     target = F.interpolate(alpha[big[0]][None, None], size=VIDEO_HW, mode="bilinear", antialias=True)[0, 0] > 0.5
     return frames, target
 

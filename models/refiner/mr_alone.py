@@ -37,9 +37,9 @@ sys.path.append(str(HERE.parent / "nano"))  # after this folder: both have a tra
 
 import evaluate as ev  # noqa: E402
 import train as tr  # noqa: E402
-from image_path import CELL, decode, encode, local_features, quadrant_origins, roi_origin  # noqa: E402
-from common import IMG_MEAN, IMG_STD  # noqa: E402
-from refiner import LEVEL_CHANNELS, UPSCALED_CHANNELS, LocalFeatures, upsample  # noqa: E402
+from common import IMG_MEAN, IMG_STD, bounding_box, to_uint8  # noqa: E402
+from image_path import decode, encode, local_features, quadrant_origins  # noqa: E402
+from refiner import LEVEL_CHANNELS, UPSCALED_CHANNELS, upsample  # noqa: E402
 
 GUIDED_TUNING_SEED = 7 * 10**9  # training-distribution scenes (below 2**40) for choosing the filter's radius
 
@@ -55,13 +55,6 @@ class Residual(nn.Module):
 
     def forward(self, x):
         return x + self.b(F.gelu(self.a(F.gelu(x))))
-
-
-def square_band(mask: torch.Tensor, radius: int) -> torch.Tensor:
-    """[N, 1, H, W] 0/1 -> 1 within `radius` pixels (a square) of the mask's edge."""
-    grown = tr.square_max(mask, radius)
-    shrunk = -tr.square_max(-mask, radius)
-    return grown - shrunk
 
 
 def box_mean(x: torch.Tensor, radius: int) -> torch.Tensor:
@@ -156,7 +149,8 @@ class FrameMR(nn.Module):
         out = upsample(out, 2 * s) + self.delta_s0(w)
         if self.edge_band:
             sam = upsample(low, 2 * s)
-            out = sam + square_band((sam > 0).float(), self.edge_band) * (out - sam)
+            band = tr.edge_band((sam > 0)[:, 0], self.edge_band)[:, None].float()
+            out = sam + band * (out - sam)
         return out
 
 
@@ -176,39 +170,20 @@ def step(model, mr: FrameMR, frames, alphas, rng: random.Random, args) -> tuple[
     s = model.image_size
     inputs = tr.normalise(F.interpolate(frames, size=(s, s), mode="bilinear", align_corners=False, antialias=True))
     quadrants = rng.random() < 0.5
-    objects = []  # (frame index, truth at 2S, truth at S, ROI origin)
-    for i, alpha in enumerate(alphas):
-        at_s = F.avg_pool2d(alpha[:, None], 2)[:, 0] > 0.5
-        big = [k for k in range(len(alpha)) if at_s[k].sum() >= args.min_pixels]
-        rng.shuffle(big)
-        for k in big[: args.objects_per_image]:
-            ys, xs = torch.nonzero(at_s[k], as_tuple=True)
-            box = (float(xs.min()), float(ys.min()), float(xs.max()), float(ys.max()))
-            objects.append((i, alpha[k] > 0.5, at_s[k], roi_origin(box, s)))
+    objects = tr.prompted_objects(alphas, s, rng, args)
     if not objects:
         return None, {}
-    owner = torch.tensor([o[0] for o in objects])
+    owner = [o[0] for o in objects]
     with torch.no_grad():
         features = encode(model, inputs)
         features[2] = features[2] + model.no_mem_embed.view(1, -1, 1, 1)
         features = [f[owner] for f in features]
-        if quadrants:
-            levels = encode(model, torch.cat([tr.crops_of(f, quadrant_origins(s), s) for f in frames]))
-            grids = [tr.stitch([lv[4 * i : 4 * i + 4] for lv in levels], 2, 2) for i in range(len(frames))]
-            locals_ = [LocalFeatures(grids[o[0]], (0, 0, s // CELL, s // CELL)) for o in objects]
-        else:
-            levels = encode(model, torch.cat([tr.crops_of(frames[i], [origin], s) for i, _, _, origin in objects]))
-            half = s // 2 // CELL
-            locals_ = [
-                LocalFeatures([lv[j : j + 1] for lv in levels], (r // CELL, c // CELL, half, half))
-                for j, (_, _, _, (r, c)) in enumerate(objects)
-            ]
-        placed = [tr.stride2_local(loc, s) for loc in locals_]
-        local_s2, coverage = torch.cat([a for a, _ in placed]), torch.cat([b for _, b in placed])
-    truth = torch.stack([o[1] for o in objects])
+    local_s2, coverage = tr.mr_local_inputs(tr.object_local_features(model, frames, owner, [o[3] for o in objects], quadrants), s)
+    truth = torch.stack([alphas[i][k] > 0.5 for i, k, _, _ in objects])
+    truth_at_s = [o[2] > 0.5 for o in objects]
     target = truth.float()
     frame = tr.normalise(frames)[owner]
-    prompts = [tr.first_prompt(o[2], rng) for o in objects]
+    prompts = [tr.first_prompt(g, rng) for g in truth_at_s]
     rows = torch.arange(len(objects))
     mask_input, total, stats = None, 0.0, {}
     for round_ in range(1 + args.corrections):
@@ -225,10 +200,7 @@ def step(model, mr: FrameMR, frames, alphas, rng: random.Random, args) -> tuple[
             stats[f"p{round_}"] = tr.iou(upsample(chosen, 2 * s)[:, 0] > 0, truth).mean().item()
         if round_ < args.corrections:
             at_s = F.avg_pool2d((refined.detach() > 0).float()[:, None], 2)[:, 0] > 0.5
-            for b, (points, labels) in enumerate(prompts):
-                click = tr.correction_click(at_s[b], objects[b][2], rng)
-                if click is not None and click[0] is not None:
-                    prompts[b] = (points + [click[0]], labels + [click[1]])
+            tr.add_correction_clicks(prompts, at_s, truth_at_s, rng)
             mask_input = chosen.clamp(-32, 32)
     return total / (1 + args.corrections), stats
 
@@ -245,7 +217,7 @@ class HeldOut:
         with torch.no_grad():
             for i in range(images):
                 image, alpha = ev.fine_scenes.random_fine_scene(seed_base + i, size=2 * s, still=True).render(0.0)
-                pixels = (image.permute(1, 2, 0) * 255).round().clamp(0, 255).to(torch.uint8).numpy()
+                pixels = to_uint8(image)
                 predictor.set_image(pixels)
                 local = local_features(model, predictor.official._transforms, pixels, quadrant_origins(s))
                 local_s2, coverage = tr.stride2_local(local, s)
@@ -256,8 +228,8 @@ class HeldOut:
                     truth = a > 0.5
                     if truth.sum() < ev.MIN_PIXELS:
                         continue
-                    ys, xs = torch.nonzero(truth, as_tuple=True)
-                    box = [(float(xs.min()) / 2, float(ys.min()) / 2), (float(xs.max()) / 2, float(ys.max()) / 2)]
+                    x0, y0, x1, y1 = bounding_box(truth)
+                    box = [(x0 / 2, y0 / 2), (x1 / 2, y1 / 2)]
                     x, y = ev.interior_point(truth)
                     low_box, _, up_box = base_decode(model, features, [(box, [2, 3])], None, False)
                     low_click, ious, up_click = base_decode(model, features, [([(x / 2, y / 2)], [1])], None, True)

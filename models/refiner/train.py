@@ -40,7 +40,8 @@ import fine_scenes  # noqa: E402
 from common import (  # noqa: E402
     CONFIG,
     WEIGHTS,
-    correction_click,
+    add_correction_clicks,
+    bounding_box,
     jittered_box,
     normalise,
     point_inputs,
@@ -107,11 +108,11 @@ def first_prompt(gt: torch.Tensor, rng: random.Random) -> tuple[list, list]:
 # --------------------------------------------------------------------------------------------------
 
 
-def edge_band(gt: torch.Tensor) -> torch.Tensor:
-    """[N, S, S] bool: within BOUNDARY_RADIUS pixels of the edge of the binary truth."""
+def edge_band(gt: torch.Tensor, radius: int = BOUNDARY_RADIUS) -> torch.Tensor:
+    """[N, H, W] bool: within `radius` pixels (a square) of the edge of the binary mask."""
     x = gt.float()[:, None]
-    grown = square_max(x, BOUNDARY_RADIUS)
-    shrunk = -square_max(-x, BOUNDARY_RADIUS)
+    grown = square_max(x, radius)
+    shrunk = -square_max(-x, radius)
     return (grown - shrunk)[:, 0] > 0
 
 
@@ -180,6 +181,44 @@ def stride2_local(local: LocalFeatures, image_size: int) -> tuple[torch.Tensor, 
     return place(local, image_size)
 
 
+def prompted_objects(alphas: list[torch.Tensor], size: int, rng: random.Random, args, device="cpu") -> list[tuple]:
+    """The objects a step prompts: in each frame, up to `args.objects_per_image` of those with at least
+    `args.min_pixels` pixels at S, in random order. Each as (frame index, object index, coverage at S,
+    ROI origin on its true box: the engine puts it on the previous mask's box)."""
+    objects = []
+    for i, alpha in enumerate(alphas):
+        at_s = F.avg_pool2d(alpha[:, None].to(device), alpha.shape[-1] // size)[:, 0]
+        big = [k for k in range(len(alpha)) if (at_s[k] > 0.5).sum() >= args.min_pixels]
+        rng.shuffle(big)
+        for k in big[: args.objects_per_image]:
+            objects.append((i, k, at_s[k], roi_origin(bounding_box(at_s[k] > 0.5), size)))
+    return objects
+
+
+def object_local_features(model, frames: torch.Tensor, owner: list[int], origins: list, quadrants: bool) -> list[LocalFeatures]:
+    """Each prompted object's local features, without gradients: the four quadrants of its frame
+    `owner[j]`, or one ROI window at `origins[j]`."""
+    s = model.image_size
+    with torch.no_grad():
+        if quadrants:
+            per_level = encode(model, torch.cat([crops_of(f, quadrant_origins(s), s) for f in frames]))
+            grids = [stitch([lv[4 * i : 4 * i + 4] for lv in per_level], 2, 2) for i in range(len(frames))]
+            return [LocalFeatures(grids[i], (0, 0, s // CELL, s // CELL)) for i in owner]
+        per_level = encode(model, torch.cat([crops_of(frames[i], [origin], s) for i, origin in zip(owner, origins)]))
+    half = s // 2 // CELL
+    return [
+        LocalFeatures([lv[j : j + 1] for lv in per_level], (r // CELL, c // CELL, half, half))
+        for j, (r, c) in enumerate(origins)
+    ]
+
+
+def mr_local_inputs(locals_: list[LocalFeatures], image_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """MR's local inputs for a batch of objects: LA's stride-4 local features on the stride-2 grid, and
+    their coverage."""
+    placed = [stride2_local(loc, image_size) for loc in locals_]
+    return torch.cat([a for a, _ in placed]), torch.cat([b for _, b in placed])
+
+
 def step(model, refiner, batch, rng, args) -> tuple[torch.Tensor, dict]:
     """One training step over `batch` (frames [B, 3, 2S, 2S], alphas list of [K, 2S, 2S])."""
     frames, alphas = batch
@@ -191,47 +230,20 @@ def step(model, refiner, batch, rng, args) -> tuple[torch.Tensor, dict]:
     with torch.no_grad():
         features = encode(model, inputs)
         features[2] = features[2] + model.no_mem_embed.view(1, -1, 1, 1)
-        quadrant_feats = None
-        if quadrant_step:
-            origins = quadrant_origins(s)
-            crops = torch.cat([crops_of(f, origins, s) for f in frames])
-            per_level = encode(model, crops)
-            quadrant_feats = [stitch([lv[4 * i : 4 * i + 4] for lv in per_level], 2, 2) for i in range(len(frames))]
 
-    # The objects to prompt: soft truth at S, binary truth, owner frame, and ROI local features.
-    soft, owner, origins = [], [], []
-    for i, alpha in enumerate(alphas):
-        at_s = F.avg_pool2d(alpha[:, None].to(device), frames.shape[-1] // s)[:, 0]
-        big = [k for k in range(len(alpha)) if (at_s[k] > 0.5).sum() >= args.min_pixels]
-        rng.shuffle(big)
-        for k in big[: args.objects_per_image]:
-            soft.append(at_s[k] if args.targets == "soft" else (at_s[k] > 0.5).float())
-            owner.append(i)
-            ys, xs = torch.nonzero(at_s[k] > 0.5, as_tuple=True)
-            origins.append(roi_origin((float(xs.min()), float(ys.min()), float(xs.max()), float(ys.max())), s))
-    if not soft:
+    objects = prompted_objects(alphas, s, rng, args, device)
+    if not objects:
         return None, {}
-    if quadrant_feats is not None:
-        locals_ = [LocalFeatures(quadrant_feats[i], (0, 0, s // CELL, s // CELL)) for i in owner]
-    else:
-        # ROI mode: one window per object, on its true box (the engine puts it on the previous mask's).
-        with torch.no_grad():
-            crops = torch.cat([crops_of(frames[i], [origin], s) for i, origin in zip(owner, origins)])
-            per_level = encode(model, crops)
-        half = s // 2 // CELL
-        locals_ = [
-            LocalFeatures([lv[j : j + 1] for lv in per_level], (r // CELL, c // CELL, half, half))
-            for j, (r, c) in enumerate(origins)
-        ]
-    soft = torch.stack(soft)
+    owner = [o[0] for o in objects]
+    locals_ = object_local_features(model, frames, owner, [o[3] for o in objects], quadrant_step)
+    soft = torch.stack([o[2] if args.targets == "soft" else (o[2] > 0.5).float() for o in objects])
     gt = soft > 0.5
     gt_host = gt.cpu()
 
     # Global features per object, enhanced by LA with that object's local features.
     enhanced = [refiner.localization_augment([f[o : o + 1] for f in features], loc) for o, loc in zip(owner, locals_)]
     enhanced = [torch.cat([e[level] for e in enhanced]) for level in range(3)]
-    local_s2 = [stride2_local(loc, s) for loc in locals_]
-    local_s2, coverage = torch.cat([a for a, _ in local_s2]), torch.cat([b for _, b in local_s2])
+    local_s2, coverage = mr_local_inputs(locals_, s)
     image_in = inputs[torch.tensor(owner, device=device)]
 
     prompts = [first_prompt(g, rng) for g in gt_host]
@@ -255,11 +267,7 @@ def step(model, refiner, batch, rng, args) -> tuple[torch.Tensor, dict]:
             stats[f"r{round_}"] = iou(refined > 0, gt).mean().item()
             stats[f"p{round_}"] = iou(plain[rows, kept] > 0, gt).mean().item()
         if round_ < args.corrections:
-            pred = (refined.detach() > 0).cpu()
-            for b, (points, lab) in enumerate(prompts):
-                click = correction_click(pred[b], gt_host[b], rng)
-                if click is not None and click[0] is not None:
-                    prompts[b] = (points + [click[0]], lab + [click[1]])
+            add_correction_clicks(prompts, (refined.detach() > 0).cpu(), gt_host, rng)
             mask_input = chosen.detach().clamp(-32, 32)
     return total / (1 + args.corrections), stats
 

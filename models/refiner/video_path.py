@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from sam2.modeling.sam2_base import NO_OBJ_SCORE
 
-from image_path import CELL, decode, local_features, quadrant_origins, roi_origin, stride2_local
+from image_path import CELL, decode, local_features, mask_box, quadrant_origins, roi_origin, stride2_local
 from refiner import Refiner, upsample
 
 MEMORY_MASKS = ("refined", "sam2")
@@ -37,14 +37,6 @@ def frame_input(frame: np.ndarray, image_size: int) -> torch.Tensor:
     mean = torch.tensor([0.485, 0.456, 0.406])[:, None, None]
     std = torch.tensor([0.229, 0.224, 0.225])[:, None, None]
     return (x - mean) / std
-
-
-def mask_box(logits: torch.Tensor) -> list[float] | None:
-    """(x0, y0, x1, y1) of the pixels > 0 of [H, W] logits (inclusive), or None."""
-    ys, xs = torch.nonzero(logits > 0, as_tuple=True)
-    if len(ys) == 0:
-        return None
-    return [float(xs.min()), float(ys.min()), float(xs.max()), float(ys.max())]
 
 
 class RefinedVideoPredictor:
