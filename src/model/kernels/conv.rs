@@ -59,8 +59,9 @@ impl CustomOp2 for Conv2dTaps {
         // Per tap, its [C_out, C_in] matrix, row-major.
         let mut taps = vec![0f32; kh * kw * o * c];
         for (i, value) in w.iter().enumerate() {
-            let (oc, tap) = (i / (kh * kw), i % (kh * kw));
-            taps[tap * o * c + oc] = *value;
+            // w[out][in][ky][kx] -> taps[ky * kw + kx][out][in]
+            let (out_in, tap) = (i / (kh * kw), i % (kh * kw));
+            taps[tap * o * c + out_in] = *value;
         }
 
         let rows = (COLUMNS_PER_TASK / wp).clamp(1, oh);
