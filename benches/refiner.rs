@@ -1,5 +1,6 @@
 //! What the refiner costs: ms per frame of each refine mode against plain SAM 2, per stage, in
-//! the image path and in tracking, on random weights (the cost of trained ones).
+//! the image path and in tracking, on random weights (with the guided filter open: the cost of
+//! trained ones).
 //!
 //! ```text
 //! cargo bench --bench refiner -- [--config sam2.1_nano] [--frame 1280x720] [--reps 5] [--device cpu]
@@ -37,7 +38,7 @@ fn main() -> anyhow::Result<()> {
         weights_hash: String::new(),
     };
     let model = build_model(&config, weights, DType::F32, &device)?;
-    let refiner = Refiner::untrained(base, DType::F32, &device)?;
+    let refiner = Refiner::for_benchmarks(base.clone(), true, DType::F32, &device)?;
     let s = config.image_size;
     println!(
         "sam2refiner refiner: {config_name} at {s}x{s}, {fw}x{fh} frames, f32, {}, {reps} reps after 1 warm-up",
@@ -82,13 +83,45 @@ fn main() -> anyhow::Result<()> {
     let low = Tensor::zeros((1, 1, s / 4, s / 4), DType::F32, &device)?;
     let upscaled = Tensor::zeros((1, 32, s / 4, s / 4), DType::F32, &device)?;
     let (local_s2, coverage) = crops::stride2_local(&roi[0], s)?;
-    time("mask refinement (one mask, to SxS)", reps, &device, || {
-        refiner
-            .mask_refinement
-            .forward(&low, &upscaled, &input, &local_s2, &coverage)
-            .unwrap()
-    });
+    let refined = time(
+        "mask refinement (one mask, to SxS, with the guided filter's coefficients)",
+        reps,
+        &device,
+        || {
+            refiner
+                .mask_refinement
+                .forward(&low, &upscaled, &input, Some((&local_s2, &coverage)))
+                .unwrap()
+        },
+    );
+    let frame01 = gstsam2refiner::model::transforms::rgb_to_unit(&rgb)?;
+    time(
+        "refined mask to the frame (guided filter applied with the frame)",
+        reps,
+        &device,
+        || refined.at_frame(&frame01).unwrap(),
+    );
     drop(enhanced);
+
+    // The refiners measured: every module live, and the guided filter alone (no crops read).
+    let kinds = [("every module", true), ("guided filter only", false)];
+    let cases = [(RefineMode::Off, true)]
+        .into_iter()
+        .chain(
+            kinds
+                .iter()
+                .flat_map(|&(_, every)| [(RefineMode::Roi, every), (RefineMode::Quadrants, every)]),
+        )
+        .collect::<Vec<_>>();
+    let label = |mode: RefineMode, every: bool| match mode {
+        RefineMode::Off => "refine off".to_string(),
+        _ => format!(
+            "refine {mode}, {}",
+            if every { kinds[0].0 } else { kinds[1].0 }
+        ),
+    };
+    let refiner_for =
+        |every: bool| Refiner::for_benchmarks(base.clone(), every, DType::F32, &device);
 
     println!("-- image path: set_image + one box prompt");
     let prompt = ImagePrompt::clicks_and_box(
@@ -101,16 +134,22 @@ fn main() -> anyhow::Result<()> {
             fh as f32 * 0.7,
         ]),
     );
-    for mode in [RefineMode::Off, RefineMode::Quadrants, RefineMode::Roi] {
-        time(&format!("image, refine {mode}"), reps, &device, || {
-            let mut p = ImagePredictor::with_refiner(&model, &refiner, mode);
-            p.set_image(&rgb).unwrap();
-            p.predict(&prompt, false).unwrap()
-        });
+    for &(mode, every) in &cases {
+        let refiner = refiner_for(every)?;
+        time(
+            &format!("image, {}", label(mode, every)),
+            reps,
+            &device,
+            || {
+                let mut p = ImagePredictor::with_refiner(&model, &refiner, mode);
+                p.set_image(&rgb).unwrap();
+                p.predict(&prompt, false).unwrap()
+            },
+        );
     }
 
-    println!("-- tracking: ms per frame, one object");
-    for mode in [RefineMode::Off, RefineMode::Quadrants, RefineMode::Roi] {
+    println!("-- tracking: ms per frame, one object, matte at the frame's size");
+    for &(mode, every) in &cases {
         let mut options = TrackerOptions::for_config(&config);
         options.frame_resize = FrameResize::Bilinear;
         options.refine_mode = mode;
@@ -123,11 +162,7 @@ fn main() -> anyhow::Result<()> {
             )?,
             options,
         );
-        tracker.set_refiner(Some(Refiner::untrained(
-            refiner.base.clone(),
-            DType::F32,
-            &device,
-        )?));
+        tracker.set_refiner(Some(refiner_for(every)?));
         tracker.push_frame(0, &image)?;
         tracker.add_prompt(&Prompt {
             frame: 0,
@@ -139,7 +174,7 @@ fn main() -> anyhow::Result<()> {
         })?;
         let mut id = 1u64;
         time(
-            &format!("track one frame, refine {mode}"),
+            &format!("track one frame, {}", label(mode, every)),
             reps,
             &device,
             || {

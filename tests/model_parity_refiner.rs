@@ -64,22 +64,50 @@ fn nano_model() -> (Sam2Base, BaseIdentity) {
 
 /// The fixture's refiner, with `scale` applied to the tensors whose key contains `defect.0`.
 fn refiner(base: &BaseIdentity, defect: Option<(&str, f64)>) -> Refiner {
-    let Some((pattern, scale)) = defect else {
-        return Refiner::load(&refiner_path(), base, DType::F32, &Device::Cpu).unwrap();
-    };
-    let mut file = WeightFile::load(&refiner_path()).unwrap();
-    let mut hit = false;
-    for (key, t) in file.tensors.iter_mut() {
-        if key.contains(pattern) {
-            *t = t.affine(scale, 0.0).unwrap();
-            hit = true;
-        }
+    match defect {
+        None => Refiner::load(&refiner_path(), base, DType::F32, &Device::Cpu).unwrap(),
+        Some(defect) => refiner_with(base, &[defect]),
     }
-    assert!(hit, "no refiner tensor matches {pattern}");
+}
+
+/// The parts of the refiner that read the crops' features: localization augment's gates and
+/// the output layers of mask refinement's cascade.
+const CROP_READERS: [&str; 4] = [
+    "localization_augment.levels.0.gate",
+    "localization_augment.levels.1.gate",
+    "localization_augment.levels.2.gate",
+    "mask_refinement.delta_s",
+];
+
+/// The fixture's refiner with every crop reader zeroed: prompt retargeting and the guided
+/// filter stay live (`make_fixture.py`'s `crops_silenced`).
+fn filter_only(base: &BaseIdentity) -> Refiner {
+    let defects: Vec<(&str, f64)> = CROP_READERS.iter().map(|p| (*p, 0.0)).collect();
+    refiner_with(base, &defects)
+}
+
+/// The fixture's refiner with each `(pattern, scale)` applied to the tensors whose key contains
+/// the pattern.
+fn refiner_with(base: &BaseIdentity, defects: &[(&str, f64)]) -> Refiner {
+    let mut file = WeightFile::load(&refiner_path()).unwrap();
+    for (pattern, scale) in defects {
+        let mut hit = false;
+        for (key, t) in file.tensors.iter_mut() {
+            if key.contains(pattern) {
+                *t = t.affine(*scale, 0.0).unwrap();
+                hit = true;
+            }
+        }
+        assert!(hit, "no refiner tensor matches {pattern}");
+    }
     let out = std::env::temp_dir().join(format!(
         "sam2refiner-defect-{}-{}.safetensors",
         std::process::id(),
-        pattern.replace('.', "_")
+        defects
+            .iter()
+            .map(|(p, _)| p.replace('.', "_"))
+            .collect::<Vec<_>>()
+            .join("-")
     ));
     // Saved with the fixture's metadata, so the base check still passes.
     let metadata = safetensors_metadata(&refiner_path());
@@ -185,6 +213,36 @@ fn the_refiner_matches_pytorch_in_every_mode() {
     });
 }
 
+/// A refiner whose only live parts need no crops (the kind that ships) skips their encoder
+/// passes and still matches its reference, in the image path and in tracking.
+#[test]
+fn a_refiner_that_reads_no_crops_matches_pytorch() {
+    let (model, base) = nano_model();
+    let refiner = filter_only(&base);
+    assert!(!refiner.reads_crops());
+    assert!(refiner_with(&base, &[(CROP_READERS[0], 0.0)]).reads_crops());
+    let expected = expected();
+    let mut compared = 0;
+    visit_cases(&model, &refiner, |name, p| {
+        if let Some(masks) = expected.get(&format!("filter_only/{name}/masks")) {
+            assert_logits_match(&format!("{name} masks"), &p.masks, masks);
+            compared += 1;
+        }
+        true
+    });
+    assert_eq!(compared, 6);
+    let video = video_expected();
+    for (t, logits) in tracked(
+        &base,
+        filter_only(&base),
+        RefineMode::Roi,
+        MemoryMask::Refined,
+    ) {
+        let key = format!("filter_only/roi/refined/frame{t}");
+        assert_logits_match(&key, &logits, &video[&key]);
+    }
+}
+
 #[test]
 fn with_the_refiner_off_the_output_is_plain_sam2_bit_for_bit() {
     let (model, base) = nano_model();
@@ -258,6 +316,7 @@ fn every_refiner_path_is_caught_when_silenced() {
         "mask_refinement.delta_s2",
         "mask_refinement.delta_s1",
         "mask_refinement.local_proj",
+        "mask_refinement.guided_gate",
     ] {
         let refiner = refiner(&base, Some((pattern, 0.0)));
         assert!(
@@ -372,6 +431,7 @@ fn the_video_fixture_catches_the_memory_mask_and_silenced_paths() {
     for pattern in [
         "localization_augment.levels.2.gate",
         "mask_refinement.delta_s1",
+        "mask_refinement.guided_gate",
     ] {
         assert!(
             !matches(

@@ -14,7 +14,8 @@ each mode:
 
 and on `--clips` moving clips of `--frames` frames, the largest object clicked once at its deepest pixel on
 frame 0 and tracked (the official video predictor, with the refiner in its SAM heads for the refined modes;
-frames brought to the input as the element does, bilinear).
+frames brought to the input as the element does, bilinear; `--memory-mask` chooses what the memory encoder is
+fed in the refined modes).
 
 Scores at the frame's resolution against the truth (coverage above one half): IoU, and boundary IoU as
 the HQ-SAM evaluation computes it (Cheng et al. 2021: the pixels of each mask within 2 % of the image
@@ -45,7 +46,7 @@ from common import CONFIG, WEIGHTS, bounding_box, interior_point, to_uint8  # no
 from image_path import MODES, RefinedImagePredictor  # noqa: E402
 from PIL import Image  # noqa: E402
 from refiner import load_refiner  # noqa: E402
-from video_path import RefinedVideoPredictor, frame_input  # noqa: E402
+from video_path import MEMORY_MASKS, RefinedVideoPredictor, frame_input  # noqa: E402
 from train import OUT, load_base  # noqa: E402
 
 EVAL_SEED_BASE = 2**51  # training scene seeds stay below 2**40
@@ -133,7 +134,7 @@ def _nano_evaluate():
 
 
 @torch.inference_mode()
-def evaluate_video(refiner, modes: list[str], clips: int, frames: int, frame_size: int) -> dict:
+def evaluate_video(refiner, modes: list[str], clips: int, frames: int, frame_size: int, memory_mask: str = "refined") -> dict:
     """{mode: [per clip (mean IoU, mean boundary IoU) over its frames]}."""
     nano = _nano_evaluate()
     results = {mode: [] for mode in modes}
@@ -151,7 +152,7 @@ def evaluate_video(refiner, modes: list[str], clips: int, frames: int, frame_siz
         x, y = interior_point(first[target] > 0.5)
         for mode in modes:
             predictor = nano.load(nano.build_model(nano.VIDEO_OVERRIDES), WEIGHTS)
-            video = None if mode == "off" else RefinedVideoPredictor(predictor, refiner, mode)
+            video = None if mode == "off" else RefinedVideoPredictor(predictor, refiner, mode, memory_mask)
             if video is not None:
                 video.frames = pixels
             with tempfile.TemporaryDirectory() as d:
@@ -165,7 +166,7 @@ def evaluate_video(refiner, modes: list[str], clips: int, frames: int, frame_siz
             per_frame = []
             for t, _, logits in predictor.propagate_in_video(state):
                 if video is not None:
-                    logits = F.interpolate(video.refined[(t, 0)], size=(frame_size,) * 2, mode="bilinear", align_corners=False)
+                    logits = video.frame_logits(t, 0)
                 per_frame.append(scores(logits[0, 0] > 0, rendered[t][1][target] > 0.5))
             results[mode].append((float(np.mean([p[0] for p in per_frame])), float(np.mean([p[1] for p in per_frame]))))
     return results
@@ -183,6 +184,8 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=30)
     ap.add_argument("--modes", nargs="*", default=list(MODES), choices=MODES)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--memory-mask", choices=MEMORY_MASKS, default="refined",
+                    help="video: what the memory encoder is fed, the refined mask or SAM 2's own")
     ap.add_argument("--base-config", type=Path, default=CONFIG)
     ap.add_argument("--base-weights", type=Path, default=WEIGHTS)
     args = ap.parse_args()
@@ -191,16 +194,16 @@ def main() -> None:
     model, _ = load_base(args.base_config, args.base_weights, "cpu")
     refiner = load_refiner(args.refiner)
     results = evaluate(model, refiner, args.modes, args.images, 2 * model.image_size)
-    video = evaluate_video(refiner, args.modes, args.clips, args.frames, 2 * model.image_size) if args.clips else None
+    video = evaluate_video(refiner, args.modes, args.clips, args.frames, 2 * model.image_size, args.memory_mask) if args.clips else None
     objects = len(results[args.modes[0]]["click"])
     print(f"held-out fine-structure set: {args.images} images ({objects} objects) at "
           f"{2 * model.image_size} px; {time.time() - began:.0f} s")
     print("| prompt | " + " | ".join(f"{m} mIoU | {m} mBIoU" for m in args.modes) + " |")
     print("|---|" + "---|---|" * len(args.modes))
-    for prompt in ("click", "box"):
+    for prompt in ("click", "box") if objects else ():
         cells = " | ".join(f"{mean(results[m][prompt], 0):.1f} | {mean(results[m][prompt], 1):.1f}" for m in args.modes)
         print(f"| {'one click' if prompt == 'click' else 'box'} | {cells} |")
-    for k in range(CLICKS):
+    for k in range(CLICKS if objects else 0):
         cells = " | ".join(
             f"{mean([s[k] for s in results[m]['session']], 0):.1f} | {mean([s[k] for s in results[m]['session']], 1):.1f}"
             for m in args.modes

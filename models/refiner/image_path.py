@@ -3,7 +3,8 @@
 `RefinedImagePredictor` wraps the official `SAM2ImagePredictor` (its transforms, features and prompt
 encoding) and is what the parity fixtures record and what the evaluation runs. Mode `off` is the official
 predictor's output (logits upsampled straight from stride 4 to the frame); `quadrants` and `roi` run LA on
-crops of the frame, then PR and MR, and upsample MR's S×S logits to the frame.
+crops of the frame, then PR and MR, whose output is brought to the frame's resolution with the frame
+itself (`RefinedMasks.at_frame`: the guided filter applies there).
 """
 
 from __future__ import annotations
@@ -172,7 +173,7 @@ class RefinedImagePredictor:
         else:
             local_s2, coverage = stride2_local(local, s)
             refined = self.refiner.mask_refinement(low, upscaled, self.input, local_s2, coverage)
-            full = F.interpolate(refined, size=(h, w), mode="bilinear", align_corners=False)
+            full = refined.at_frame(torch.from_numpy(self.frame).permute(2, 0, 1).float()[None] / 255)
         return full[0], iou[0], low[0].clamp(-32, 32)
 
     def roi_box_for(self, points, labels, box, mask_input, multimask_output):

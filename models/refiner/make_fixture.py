@@ -3,14 +3,16 @@
 
 The base is the released nano model; the refiner has random weights with every gate and every zero-started
 layer made non-zero, so each path (LA at each level, PR on clicks, boxes and mask prompts, both MR steps)
-changes the output: trained weights would do, but a refiner trained to a near-zero gate would let a broken
-path pass. The frame is a held-out nano scene resized to 240×336, so the quadrant crops (120×168) are not
+changes the output (the guided filter's gate at 0.6, so SAM 2's share and the filter's both count): trained
+weights would do, but a refiner trained to a near-zero gate would let a broken path pass. The frame is a held-out nano scene resized to 240×336, so the quadrant crops (120×168) are not
 the input size and the frame is not square. Writes `tests/fixtures/refiner/`: `frame.png`,
 `refiner.safetensors`, `cases.json` and `expected.safetensors`.
 
 The video path: the official video predictor with the refiner in its SAM heads (`video_path.py`), one click
 on frame 0 of a moving fine-structure clip at 192×256, tracked over frames 1 to 3, in each mode and with
-either mask fed to the memory: `video/NNNN.png` and `video.safetensors`. The clip is declared 16 frames
+either mask fed to the memory: `video/NNNN.png` and `video.safetensors`. Image and video cases are also
+recorded with the crops' readers silenced (`filter_only/`: LA's gates and the MR cascade zeroed, PR and the
+guided filter live), the path where the engine skips the crops' encoder passes. The clip is declared 16 frames
 long (only the first 4 are run): the official predictor normalises pointer distances by
 min(num_frames, 16) - 1, our streaming tracker by 15 (see `models/nano/make_fixture.py`).
 
@@ -56,7 +58,8 @@ SEED = EVAL_SEED_BASE + 3_000_000  # past the nano fixture's
 FRAME_HW = (240, 336)
 VIDEO_HW = (192, 256)
 VIDEO_RUN, VIDEO_DECLARED = 4, 16
-VIDEO_CASES = (("quadrants", "refined"), ("roi", "refined"), ("quadrants", "sam2"))
+VIDEO_CASES = (("quadrants", "refined", False), ("roi", "refined", False), ("quadrants", "sam2", False),
+               ("roi", "refined", True))  # (mode, memory mask, crop readers silenced)
 
 
 def active_refiner(seed: int) -> Refiner:
@@ -66,7 +69,9 @@ def active_refiner(seed: int) -> Refiner:
     refiner = Refiner()
     with torch.no_grad():
         for name, p in refiner.named_parameters():
-            if name.endswith("gate"):
+            if name == "mask_refinement.guided_gate":
+                p.fill_(0.6)  # both SAM 2's share and the guided filter's count
+            elif name.endswith("gate"):
                 p.copy_(0.5 * torch.randn_like(p))
             elif name.endswith("position_bias"):
                 p.copy_(torch.randn_like(p))
@@ -75,6 +80,22 @@ def active_refiner(seed: int) -> Refiner:
             elif name.startswith("mask_refinement.delta"):
                 p.copy_(0.2 * torch.randn_like(p))
     return refiner.eval()
+
+
+CROP_READERS = ("localization_augment.levels.0.gate", "localization_augment.levels.1.gate",
+                "localization_augment.levels.2.gate", "mask_refinement.delta_s")
+
+
+def crops_silenced(refiner: Refiner) -> Refiner:
+    """A copy of `refiner` with every part that reads the crops' features zeroed (LA's gates, the MR
+    cascade's output layers): PR and the guided filter stay live."""
+    silenced = Refiner()
+    silenced.load_state_dict(refiner.state_dict())
+    with torch.no_grad():
+        for name, p in silenced.named_parameters():
+            if any(pattern in name for pattern in CROP_READERS):
+                p.zero_()
+    return silenced.eval()
 
 
 def frame_and_masks():
@@ -137,6 +158,25 @@ def main() -> None:
         expected[f"{case['name']}/masks"] = masks_out.float()
         expected[f"{case['name']}/iou"] = iou.float()
         low_res[case["name"]] = low
+    # The same cases with only the guided filter and PR live (what a refiner that reads no crops
+    # computes: the engine then skips the crops' encoder passes).
+    filter_only = crops_silenced(refiner)
+    low_res = {}
+    for case in cases:
+        if case["mode"] == "off":
+            continue
+        predictor = RefinedImagePredictor(model, filter_only, case["mode"])
+        predictor.set_image(frame)
+        mask_input = None
+        if "mask_from" in case:
+            prev = low_res[case["mask_from"]]
+            mask_input = prev[int(torch.argmax(expected[f"filter_only/{case['mask_from']}/iou"]))][None]
+        masks_out, iou, low = predictor.predict(
+            case.get("points"), case.get("labels"), case.get("box"), mask_input, case["multimask"]
+        )
+        expected[f"filter_only/{case['name']}/masks"] = masks_out.float()
+        expected[f"filter_only/{case['name']}/iou"] = iou.float()
+        low_res[case["name"]] = low
     (OUT / "cases.json").write_text(json.dumps({"cases": cases}, indent=1) + "\n")
     save_file({k: v.contiguous() for k, v in expected.items()}, str(OUT / "expected.safetensors"))
     print(f"wrote {OUT}: {len(cases)} cases")
@@ -170,9 +210,9 @@ def record_video(refiner: Refiner) -> None:
         Image.fromarray(frames[t]).save(OUT / "video" / f"{t:04}.png")
     click = list(interior_point(target))
     expected = {}
-    for mode, memory in VIDEO_CASES:
+    for mode, memory, silenced in VIDEO_CASES:
         predictor = load(build_model(VIDEO_OVERRIDES), WEIGHTS)
-        video = RefinedVideoPredictor(predictor, refiner, mode, memory)
+        video = RefinedVideoPredictor(predictor, crops_silenced(refiner) if silenced else refiner, mode, memory)
         video.frames = frames
         with tempfile.TemporaryDirectory() as d:
             for t in range(VIDEO_DECLARED):
@@ -184,9 +224,8 @@ def record_video(refiner: Refiner) -> None:
         state["cached_features"] = {}
         predictor.add_new_points_or_box(state, 0, 1, points=np.array([click], np.float32), labels=np.array([1]))
         for t, _, _ in predictor.propagate_in_video(state):
-            refined = video.refined[(t, 0)]
-            expected[f"{mode}/{memory}/frame{t}"] = F.interpolate(
-                refined, size=VIDEO_HW, mode="bilinear", align_corners=False)[0, 0].float().clone()
+            prefix = "filter_only/" if silenced else ""
+            expected[f"{prefix}{mode}/{memory}/frame{t}"] = video.frame_logits(t, 0)[0, 0].float().clone()
             if t == VIDEO_RUN - 1:
                 break
     (OUT / "video.json").write_text(json.dumps({"click": click, "frames": VIDEO_RUN}) + "\n")

@@ -39,7 +39,7 @@ import evaluate as ev  # noqa: E402
 import train as tr  # noqa: E402
 from common import IMG_MEAN, IMG_STD, bounding_box, to_uint8  # noqa: E402
 from image_path import decode, encode, local_features, quadrant_origins  # noqa: E402
-from refiner import LEVEL_CHANNELS, UPSCALED_CHANNELS, upsample  # noqa: E402
+from refiner import LEVEL_CHANNELS, UPSCALED_CHANNELS, guided_coefficients, guided_logits, upsample  # noqa: E402
 
 GUIDED_TUNING_SEED = 7 * 10**9  # training-distribution scenes (below 2**40) for choosing the filter's radius
 
@@ -57,47 +57,22 @@ class Residual(nn.Module):
         return x + self.b(F.gelu(self.a(F.gelu(x))))
 
 
-def box_mean(x: torch.Tensor, radius: int) -> torch.Tensor:
-    """Mean of [N, C, H, W] over a (2r+1)² window clipped at the border: four lookups in a summed-area
-    table, so the cost does not grow with the radius."""
-    h, w = x.shape[-2:]
-    table = F.pad(x, (1, 0, 1, 0)).cumsum(-1).cumsum(-2)
-    ys, xs = torch.arange(h), torch.arange(w)
-    y0, y1 = (ys - radius).clamp(0, h), (ys + radius + 1).clamp(0, h)
-    x0, x1 = (xs - radius).clamp(0, w), (xs + radius + 1).clamp(0, w)
-    rows0, rows1 = table[..., y0, :], table[..., y1, :]
-    total = rows1[..., x1] - rows0[..., x1] - rows1[..., x0] + rows0[..., x0]
-    return total / ((y1 - y0)[:, None] * (x1 - x0)[None, :])
-
-
-def guided_filter(image: torch.Tensor, p: torch.Tensor, radius: int, eps: float) -> torch.Tensor:
-    """The colour guided filter (He, Sun and Tang 2013) of p [N, 1, H, W] guided by image [N, 3, H, W]
-    in [0, 1]: in each window, p as an affine function of the colour, least squares with ridge `eps`,
-    the coefficients averaged over the windows covering each pixel. The mask's edges move onto the
-    image's colour edges, and detail the low-resolution mask never had (strands, holes) comes back where
-    its colour separates it."""
-    mean_i, mean_p = box_mean(image, radius), box_mean(p, radius)
-    cov = box_mean(image * p, radius) - mean_i * mean_p  # [N, 3, H, W]
-    var = torch.stack([
-        torch.stack([box_mean(image[:, i : i + 1] * image[:, j : j + 1], radius)[:, 0] - mean_i[:, i] * mean_i[:, j] for j in range(3)], -1)
-        for i in range(3)
-    ], -2)  # [N, H, W, 3, 3]
-    a = torch.linalg.solve(var + eps * torch.eye(3), cov.permute(0, 2, 3, 1)[..., None])[..., 0].permute(0, 3, 1, 2)
-    b = mean_p - (a * mean_i).sum(1, keepdim=True)
-    return (box_mean(a, radius) * image).sum(1, keepdim=True) + box_mean(b, radius)
-
-
 class GuidedOnly(nn.Module):
-    """SAM 2's probability, upsampled to the frame, through the guided filter: logits of the result."""
+    """SAM 2's probability through the guided filter, with no trained parameters: logits at the frame's
+    size. `at_input`: the coefficients computed at S (the frame resized as the model's input is, SAM 2's
+    mask at S; `radius` in input pixels) and applied with the frame, as MR does; otherwise everything at
+    the frame's resolution (`radius` in frame pixels)."""
 
-    def __init__(self, radius: int, eps: float):
+    def __init__(self, radius: int, eps: float, at_input: bool):
         super().__init__()
-        self.radius, self.eps = radius, eps
+        self.radius, self.eps, self.at_input = radius, eps, at_input
 
     def forward(self, low, upscaled, frame, local_s2, coverage):
-        p = upsample(low, frame.shape[-1]).sigmoid()
-        q = guided_filter(frame * IMG_STD + IMG_MEAN, p, self.radius, self.eps)
-        return torch.logit(q.clamp(1e-6, 1 - 1e-6))
+        guide = frame * IMG_STD + IMG_MEAN
+        s = 4 * low.shape[-1] if self.at_input else frame.shape[-1]
+        small = F.interpolate(guide, size=(s, s), mode="bilinear", align_corners=False, antialias=True) if self.at_input else guide
+        a, b = guided_coefficients(small, upsample(low, s).sigmoid(), self.radius, self.eps)
+        return guided_logits(a, b, guide)
 
 
 class FrameMR(nn.Module):
@@ -276,6 +251,9 @@ def main() -> None:
     ap.add_argument("--guided", nargs=2, metavar=("RADII", "EPSILONS"),
                     help="no training: score the guided filter alone for each radius (frame pixels) and ridge, "
                     "comma-separated, on --held-out evaluation images and on as many training scenes")
+    ap.add_argument("--guided-at-input", action="store_true",
+                    help="with --guided: the coefficients at the model's input size (radii in input pixels), "
+                    "applied with the frame, as MR computes them")
     args = ap.parse_args()
 
     tr.LOSS_WEIGHTS.update(zip(("bce", "dice", "boundary", "lovasz"), args.loss_weights))
@@ -288,7 +266,7 @@ def main() -> None:
         for radius in map(int, args.guided[0].split(",")):
             for eps in map(float, args.guided[1].split(",")):
                 for name, cases in sets.items():
-                    figures = "; ".join(f"{k} SAM 2 {a:.1f}/{b:.1f} filtered {c:.1f}/{d:.1f}" for k, (a, b, c, d) in cases.score(GuidedOnly(radius, eps)).items())
+                    figures = "; ".join(f"{k} SAM 2 {a:.1f}/{b:.1f} filtered {c:.1f}/{d:.1f}" for k, (a, b, c, d) in cases.score(GuidedOnly(radius, eps, args.guided_at_input)).items())
                     print(f"radius {radius} eps {eps:g}, {name} ({len(cases.cases)} objects): {figures}", flush=True)
         return
     mr = FrameMR(edge_band=args.edge_band).train()

@@ -31,7 +31,13 @@ the memory conditioning already applied) and the two high-resolution levels afte
   frame, zero where no crop covers, with a coverage channel) and a shallow convolution of the image;
   stride 1 fuses that with a shallow convolution of the image at full size. Each step adds a logit
   correction through a 1×1 convolution that starts at zero, to SAM 2's own S×S logits (the bilinear
-  upsampling of its stride-4 logits), so untrained the output is SAM 2's.
+  upsampling of its stride-4 logits), so untrained the output is SAM 2's. Beside the cascade, a colour
+  guided filter (He, Sun and Tang 2013) of SAM 2's mask: in each window of radius S/8 the mask as an
+  affine function of the image's colour (least squares, ridge `GUIDED_EPS`), the coefficients averaged
+  over the windows covering each pixel and computed at S, then applied with the frame itself at the
+  frame's resolution ("fast guided filter", He and Sun 2015). It moves the mask onto the image's colour
+  edges and brings back strands and holes the stride-4 mask never had. It enters through a learned gate
+  that starts at zero: output = SAM 2 + gate × (filtered − SAM 2) + the cascade's corrections.
 
 The refiner file is a safetensors file of these modules' parameters, with metadata naming the base it was
 trained on (its config and a hash of its weights, `base_weights_hash`): the engine refuses it on another base.
@@ -43,6 +49,7 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass
+from typing import Optional
 from pathlib import Path
 
 import torch
@@ -57,6 +64,9 @@ CELLS_PER_EMBEDDING_CELL = (4, 2, 1)  # each level's cells per side of one strid
 UPSCALED_CHANNELS = 32  # the mask decoder's upscaled embedding (transformer_dim / 8)
 MR_CHANNELS = (16, 8)  # MR's widths at stride 2 and stride 1
 BOX_GRID = 4  # PR: samples per side of the grid averaged inside a box
+GUIDED_RADIUS_DIVISOR = 8  # MR's guided filter: window radius S / 8 input pixels (32 for nano)
+GUIDED_EPS = 1e-4  # its ridge, for a guide in [0, 1]
+GUIDED_CLAMP = 1e-4  # its output is a probability, clamped to [c, 1 - c] before the logit (±9.2)
 FORMAT = "sam2refiner-refiner/1"
 
 
@@ -258,6 +268,83 @@ def conv3(i: int, o: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(i, o, 3, stride, 1)
 
 
+def box_mean(x: torch.Tensor, radius: int) -> torch.Tensor:
+    """Mean of [N, C, H, W] over the (2r+1)² window around each pixel, clipped at the border: four
+    lookups in a summed-area table, so the cost does not grow with the radius."""
+    h, w = x.shape[-2:]
+    table = F.pad(x, (1, 0, 1, 0)).cumsum(-1).cumsum(-2)
+    ys, xs = torch.arange(h, device=x.device), torch.arange(w, device=x.device)
+    y0, y1 = (ys - radius).clamp(0, h), (ys + radius + 1).clamp(0, h)
+    x0, x1 = (xs - radius).clamp(0, w), (xs + radius + 1).clamp(0, w)
+    rows0, rows1 = table[..., y0, :], table[..., y1, :]
+    total = rows1[..., x1] - rows0[..., x1] - rows1[..., x0] + rows0[..., x0]
+    return total / ((y1 - y0)[:, None] * (x1 - x0)[None, :]).to(x.dtype)
+
+
+def guided_coefficients(guide: torch.Tensor, p: torch.Tensor, radius: int, eps: float):
+    """The colour guided filter's averaged coefficients for p [N, 1, H, W] guided by [N, 3, H, W] in
+    [0, 1]: (a [N, 3, H, W], b [N, 1, H, W]) with the filtered p = Σ a·guide + b. Computed in float64:
+    the window covariances are differences of window means, and in float32 their rounding is of the
+    order of the ridge. The 3×3 systems are solved in closed form (cofactors), as the engine does."""
+    guide, p = guide.double(), p.double()
+    mean_i, mean_p = box_mean(guide, radius), box_mean(p, radius)
+    cov = box_mean(guide * p, radius) - mean_i * mean_p  # [N, 3, H, W]
+
+    def var(i: int, j: int) -> torch.Tensor:
+        v = box_mean(guide[:, i : i + 1] * guide[:, j : j + 1], radius) - mean_i[:, i : i + 1] * mean_i[:, j : j + 1]
+        return v + eps if i == j else v
+
+    (s00, s01, s02), (s11, s12), s22 = (var(0, 0), var(0, 1), var(0, 2)), (var(1, 1), var(1, 2)), var(2, 2)
+    c00, c01, c02 = s11 * s22 - s12 * s12, s02 * s12 - s01 * s22, s01 * s12 - s02 * s11
+    c11, c12, c22 = s00 * s22 - s02 * s02, s01 * s02 - s00 * s12, s00 * s11 - s01 * s01
+    det = s00 * c00 + s01 * c01 + s02 * c02
+    r, g, bl = cov[:, 0:1], cov[:, 1:2], cov[:, 2:3]
+    a = torch.cat([c00 * r + c01 * g + c02 * bl, c01 * r + c11 * g + c12 * bl, c02 * r + c12 * g + c22 * bl], 1) / det
+    b = mean_p - (a * mean_i).sum(1, keepdim=True)
+    return box_mean(a, radius).float(), box_mean(b, radius).float()
+
+
+def guided_logits(a: torch.Tensor, b: torch.Tensor, guide: torch.Tensor) -> torch.Tensor:
+    """The filtered mask Σ a·guide + b (coefficients upsampled bilinearly to the guide's size when
+    smaller) as clamped logits."""
+    size = guide.shape[-2:]
+    if a.shape[-2:] != size:
+        a = F.interpolate(a, size=size, mode="bilinear", align_corners=False)
+        b = F.interpolate(b, size=size, mode="bilinear", align_corners=False)
+    q = (a * guide).sum(1, keepdim=True) + b
+    return torch.logit(q.clamp(GUIDED_CLAMP, 1 - GUIDED_CLAMP))
+
+
+def unnormalise(image: torch.Tensor) -> torch.Tensor:
+    """The model input [B, 3, S, S] back to [0, 1] colour."""
+    mean = torch.tensor([0.485, 0.456, 0.406], device=image.device)[:, None, None]
+    std = torch.tensor([0.229, 0.224, 0.225], device=image.device)[:, None, None]
+    return image * std + mean
+
+
+@dataclass
+class RefinedMasks:
+    """MR's output for the decoder's K masks per prompt. `logits` [B, K, S, S] is the refined mask at the
+    model's input size (what the memory encoder reads); `at_frame` gives it at a frame's resolution, where
+    the guided filter applies with the frame itself."""
+
+    logits: torch.Tensor
+    base: torch.Tensor  # [B, K, S, S]: (1 - gate) × SAM 2's logits + the cascade's corrections
+    gate: torch.Tensor  # [1]
+    coefficients: Optional[tuple[torch.Tensor, torch.Tensor]]  # the guided filter's a [B*K, 3, S, S], b [B*K, 1, S, S]
+
+    def at_frame(self, frame: torch.Tensor) -> torch.Tensor:
+        """[B, K, H, W] logits for frames [B, 3, H, W] in [0, 1]: the base upsampled bilinearly, plus
+        gate × the guided filter applied with the frame."""
+        b, k = self.base.shape[:2]
+        size = frame.shape[-2:]
+        out = F.interpolate(self.base, size=size, mode="bilinear", align_corners=False)
+        if self.coefficients is not None:
+            guided = guided_logits(*self.coefficients, frame.repeat_interleave(k, 0))
+            out = out + self.gate * guided.reshape(b, k, *size)
+        return out
+
+
 class MaskRefinement(nn.Module):
     def __init__(self):
         super().__init__()
@@ -270,12 +357,13 @@ class MaskRefinement(nn.Module):
         self.image_s1 = conv3(3, c1)
         self.fuse_s1 = nn.Sequential(conv3(c2 + c1, c1), nn.GELU())
         self.delta_s1 = nn.Conv2d(c1, 1, 1)
+        self.guided_gate = nn.Parameter(torch.zeros(1))
         for delta in (self.delta_s2, self.delta_s1):
             nn.init.zeros_(delta.weight)
             nn.init.zeros_(delta.bias)
 
-    def forward(self, low_res, upscaled, image, local_s2, coverage):
-        """Full-size logits [B, K, S, S] for the decoder's K masks per prompt.
+    def forward(self, low_res, upscaled, image, local_s2, coverage) -> RefinedMasks:
+        """The refined masks for the decoder's K masks per prompt.
 
         low_res [B, K, 4G, 4G]: the decoder's logits; upscaled [B, 32, 4G, 4G]: its upscaled embedding;
         image [B, 3, S, S]: the normalised input; local_s2 [B, 32, 8G, 8G]: LA's stitched stride-4 local
@@ -298,8 +386,12 @@ class MaskRefinement(nn.Module):
         delta_s2 = self.delta_s2(x)
         image_s1 = F.gelu(self.image_s1(image))
         y = self.fuse_s1(torch.cat([upsample(x, size), per_mask(image_s1)], 1))
-        out = sam + upsample(delta_s2, size) + self.delta_s1(y)
-        return out.reshape(b, k, size, size)
+        gate = self.guided_gate
+        base = (1 - gate) * sam + upsample(delta_s2, size) + self.delta_s1(y)
+        guide = per_mask(unnormalise(image))
+        coefficients = guided_coefficients(guide, sam.sigmoid(), size // GUIDED_RADIUS_DIVISOR, GUIDED_EPS)
+        logits = base + gate * guided_logits(*coefficients, guide)
+        return RefinedMasks(logits.reshape(b, k, size, size), base.reshape(b, k, size, size), gate, coefficients)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -261,7 +261,7 @@ def step(model, refiner, batch, rng, args) -> tuple[torch.Tensor, dict]:
             per_candidate = torch.stack([refine_losses(plain[:, k], soft) for k in range(low.shape[1])], 1)
             kept = per_candidate.argmin(1)
         chosen = low[rows, kept][:, None]
-        refined = refiner.mask_refinement(chosen, upscaled, image_in, local_s2, coverage)[:, 0]
+        refined = refiner.mask_refinement(chosen, upscaled, image_in, local_s2, coverage).logits[:, 0]
         total = total + refine_losses(refined, soft).mean()
         with torch.no_grad():
             stats[f"r{round_}"] = iou(refined > 0, gt).mean().item()
@@ -310,6 +310,9 @@ def main() -> None:
     ap.add_argument("--hqseg", type=Path, default=None, help="a local HQSeg-44K (its data folder) to mix in")
     ap.add_argument("--hqseg-share", type=float, default=0.5, help="share of frames drawn from --hqseg")
     ap.add_argument("--max-steps", type=int, default=None, help="stop after this many steps of the schedule")
+    ap.add_argument("--train", nargs="+", metavar="PREFIX", default=[""],
+                    help="train only the parameters whose names start with one of these (the others keep their "
+                    "initial values: a module whose gate stays at zero is off); default: all")
     args = ap.parse_args()
 
     LOSS_WEIGHTS.update(zip(("bce", "dice", "boundary", "lovasz"), args.loss_weights))
@@ -318,8 +321,11 @@ def main() -> None:
     rng = random.Random(args.seed)
     model, base_state = load_base(args.base_config, args.base_weights, args.device)
     refiner = Refiner().to(args.device).train()
-    params = list(refiner.parameters())
-    print(f"refiner parameters: {sum(p.numel() for p in params) / 1e6:.3f} M; base {args.base_name}")
+    params = [p for name, p in refiner.named_parameters() if name.startswith(tuple(args.train))]
+    for name, p in refiner.named_parameters():
+        p.requires_grad_(name.startswith(tuple(args.train)))
+    print(f"refiner parameters: {sum(p.numel() for p in refiner.parameters()) / 1e6:.3f} M, "
+          f"{sum(p.numel() for p in params)} trained; base {args.base_name}")
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
 
     def lr_at(step: int) -> float:
@@ -357,7 +363,7 @@ def main() -> None:
             print(f"step {step_index + 1}/{args.steps} loss {sum(window) / len(window):.3f} IoU {figures} "
                   f"lr {lr_at(step_index):.2e} {time.time() - began:.0f} s", flush=True)
             window, logged = [], {}
-    save_refiner(refiner, args.out, args.base_name, base_state, trained=f"train.py --seed {args.seed} --steps {args.steps}")
+    save_refiner(refiner, args.out, args.base_name, base_state, trained="train.py " + " ".join(sys.argv[1:]))
     print(f"trained in {time.time() - began:.0f} s; refiner: {args.out}")
 
 

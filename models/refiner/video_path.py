@@ -10,8 +10,8 @@ what the evaluation tracks with. Per frame and object:
   of the object's refined mask on the previous frame it was seen on (on a prompted frame: the prompt's
   box, else its clicks' box);
 - the memory encoder is fed `memory_mask`: the refined mask (`refined`) or SAM 2's own (`sam2`);
-- the output is the refined S×S logits (absent objects keep SAM 2's no-object score), upsampled to the
-  frame.
+- the output is the refined mask at the frame's resolution (`frame_logits`: the base upsampled, the
+  guided filter applied with the frame; absent objects keep SAM 2's no-object score).
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ class RefinedVideoPredictor:
         self.p, self.refiner, self.mode, self.memory_mask = predictor, refiner, mode, memory_mask
         self.frames: list[np.ndarray] = []
         self.refined: dict[tuple[int, int], torch.Tensor] = {}  # (frame, obj) -> [1, 1, S, S]
+        self.refined_masks: dict[tuple[int, int], tuple] = {}  # (frame, obj) -> (RefinedMasks, appearing)
         self.roi_box: dict[int, list[float]] = {}  # obj -> input-pixel box for its next window
         self.current: tuple[int, int] | None = None  # (frame, obj) being run
         self.in_mask_as_output = False
@@ -149,9 +150,10 @@ class RefinedVideoPredictor:
         if refine:
             local_s2, coverage = stride2_local(local, s)
             image = self.transform(self.frames[frame_idx])[None]
-            refined = self.refiner.mask_refinement(low, upscaled, image, local_s2, coverage)
-            refined = torch.where(appearing[:, :, None, None], refined, NO_OBJ_SCORE)
+            masks = self.refiner.mask_refinement(low, upscaled, image, local_s2, coverage)
+            refined = torch.where(appearing[:, :, None, None], masks.logits, NO_OBJ_SCORE)
             self.refined[(frame_idx, obj)] = refined
+            self.refined_masks[(frame_idx, obj)] = (masks, appearing)
             box = mask_box(refined[0, 0])
             if box is not None:
                 self.roi_box[obj] = box
@@ -164,6 +166,13 @@ class RefinedVideoPredictor:
                 obj_ptr = lam * obj_ptr
             obj_ptr = obj_ptr + (1 - lam) * model.no_obj_ptr
         return low_multi, high_multi, ious, low, high, obj_ptr, object_score_logits
+
+    def frame_logits(self, frame_idx: int, obj: int) -> torch.Tensor:
+        """The refined output of `obj` on frame `frame_idx` at the frame's resolution [1, 1, H, W]: where
+        the guided filter applies with the frame itself (absent objects: SAM 2's no-object score)."""
+        masks, appearing = self.refined_masks[(frame_idx, obj)]
+        frame = torch.from_numpy(self.frames[frame_idx]).permute(2, 0, 1).float()[None] / 255
+        return torch.where(appearing[:, :, None, None], masks.at_frame(frame), NO_OBJ_SCORE)
 
     def first_box(self, coords, labels) -> list[float]:
         """ROI mode, an object's first prompt: the prompt's box, else its clicks' box, else the whole

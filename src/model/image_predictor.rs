@@ -9,7 +9,7 @@ use super::refiner::crops::{self, CELL, LocalFeatures};
 use super::refiner::{RefineMode, Refiner};
 use super::sam::prompt_encoder::PointInputs;
 use super::sam2_base::Sam2Base;
-use super::transforms::{image_to_input, upsample_logits};
+use super::transforms::{image_to_input, rgb_to_unit, upsample_logits};
 
 /// A prompt for one object, in pixels of the original image.
 #[derive(Debug, Clone, Default)]
@@ -130,8 +130,9 @@ impl<'a> ImagePredictor<'a> {
         let mode = self.refine_mode();
         if mode != RefineMode::Off {
             let s = self.model.config.image_size;
+            let reads_crops = self.refiner.is_some_and(|(r, _)| r.reads_crops());
             let quadrants = match mode {
-                RefineMode::Quadrants => Some(crops::local_features(
+                RefineMode::Quadrants if reads_crops => Some(crops::local_features(
                     self.model,
                     &rgb,
                     &crops::quadrant_origins(s),
@@ -228,7 +229,10 @@ impl<'a> ImagePredictor<'a> {
             (Some((refiner, mode)), Some(inputs)) if refine && mode != RefineMode::Off => Some((
                 refiner,
                 inputs,
-                self.local_for(prompt, inputs, multimask_output)?,
+                match refiner.reads_crops() {
+                    true => Some(self.local_for(prompt, inputs, multimask_output)?),
+                    false => None,
+                },
             )),
             _ => None,
         };
@@ -252,8 +256,10 @@ impl<'a> ImagePredictor<'a> {
                     feat_s1.clone(),
                     features.image_embed.clone(),
                 ];
-                let [feat_s0, feat_s1, image_embed] =
-                    refiner.localization_augment.forward(&global, local)?;
+                let [feat_s0, feat_s1, image_embed] = match local {
+                    Some(local) => refiner.localization_augment.forward(&global, local)?,
+                    None => global,
+                };
                 let (sparse, dense) = refiner.prompt_retargeting.forward(
                     &sparse,
                     &dense,
@@ -279,15 +285,17 @@ impl<'a> ImagePredictor<'a> {
         let masks = match &refine {
             None => upsample_logits(&cleaned, (h, w))?,
             Some((refiner, inputs, local)) => {
-                let (local_s2, coverage) = crops::stride2_local(local, model.config.image_size)?;
+                let local = match local {
+                    Some(l) => Some(crops::stride2_local(l, model.config.image_size)?),
+                    None => None,
+                };
                 let refined = refiner.mask_refinement.forward(
                     &cleaned.unsqueeze(0)?.to_dtype(dtype)?,
                     &decoded.upscaled,
                     &inputs.input,
-                    &local_s2,
-                    &coverage,
+                    local.as_ref().map(|(l, c)| (l, c)),
                 )?;
-                upsample_logits(&refined.squeeze(0)?, (h, w))?
+                refined.at_frame(&rgb_to_unit(&inputs.rgb)?)?.squeeze(0)?
             }
         };
         Ok(ImagePrediction {

@@ -15,7 +15,7 @@ use super::memory_encoder::MemoryEncoder;
 use super::nn::{Activation, Conv2d, Linear, Mlp};
 use super::position_encoding::sine_pe_1d;
 use super::refiner::crops::{CELL, stride2_local};
-use super::refiner::{MemoryMask, RefineStep};
+use super::refiner::{MemoryMask, RefineStep, RefinedMasks};
 use super::resample::{Filter, Resampler, resample};
 use super::sam::mask_decoder::{MaskDecoder, MaskDecoderOptions};
 use super::sam::prompt_encoder::{PointInputs, PromptEncoder};
@@ -70,8 +70,8 @@ pub struct SamHeadsOutput {
     pub obj_ptr: Tensor,
     /// [B, 1]
     pub object_score_logits: Tensor,
-    /// With a refiner: the chosen mask refined, [B, 1, S, S] (`NO_OBJ_SCORE` where absent).
-    pub refined_masks: Option<Tensor>,
+    /// With a refiner: the chosen mask refined (its logits at S: `NO_OBJ_SCORE` where absent).
+    pub refined_masks: Option<RefinedMasks>,
 }
 
 /// A spatial memory of one object handed to a tracking step.
@@ -418,13 +418,18 @@ impl Sam2Base {
         let refined_masks = match refine {
             Some(step) => {
                 // Each object's local features on the stride-2 grid, and where they cover.
-                let (local_s2, coverage): (Vec<_>, Vec<_>) = step
-                    .locals
-                    .iter()
-                    .map(|l| stride2_local(l, self.config.image_size))
-                    .collect::<Result<Vec<_>>>()?
-                    .into_iter()
-                    .unzip();
+                let local = match step.locals {
+                    Some(locals) => {
+                        let (local_s2, coverage): (Vec<_>, Vec<_>) = locals
+                            .iter()
+                            .map(|l| stride2_local(l, self.config.image_size))
+                            .collect::<Result<Vec<_>>>()?
+                            .into_iter()
+                            .unzip();
+                        Some((Tensor::cat(&local_s2, 0)?, Tensor::cat(&coverage, 0)?))
+                    }
+                    None => None,
+                };
                 let refined = step.refiner.mask_refinement.forward(
                     &low_res_masks,
                     &decoded.upscaled,
@@ -432,18 +437,17 @@ impl Sam2Base {
                         .image
                         .broadcast_as(step.image.dims4().map(|(_, c, h, w)| (b, c, h, w))?)?
                         .contiguous()?,
-                    &Tensor::cat(&local_s2, 0)?,
-                    &Tensor::cat(&coverage, 0)?,
+                    local.as_ref().map(|(l, c)| (l, c)),
                 )?;
+                let logits = &refined.logits;
                 let absent = Tensor::full(NO_OBJ_SCORE, (), &self.device)?
-                    .to_dtype(refined.dtype())?
-                    .broadcast_as(refined.shape())?;
-                Some(
-                    is_obj_appearing
-                        .reshape((b, 1, 1, 1))?
-                        .broadcast_as(refined.shape())?
-                        .where_cond(&refined, &absent)?,
-                )
+                    .to_dtype(logits.dtype())?
+                    .broadcast_as(logits.shape())?;
+                let logits = is_obj_appearing
+                    .reshape((b, 1, 1, 1))?
+                    .broadcast_as(logits.shape())?
+                    .where_cond(logits, &absent)?;
+                Some(refined.with_logits(logits))
             }
             None => None,
         };
@@ -477,11 +481,19 @@ impl Sam2Base {
             );
         };
         let b = backbone_features.dim(0)?;
-        if step.locals.len() != b {
-            bail!("{} local features for a batch of {b}", step.locals.len());
+        let locals = step.locals.unwrap_or_default();
+        if step.refiner.reads_crops() && locals.len() != b {
+            bail!("{} local features for a batch of {b}", locals.len());
         }
         let mut levels: [Vec<Tensor>; 3] = Default::default();
-        for (i, local) in step.locals.iter().enumerate() {
+        if locals.is_empty() {
+            levels = [
+                vec![s0.clone()],
+                vec![s1.clone()],
+                vec![backbone_features.clone()],
+            ];
+        }
+        for (i, local) in locals.iter().enumerate() {
             let global = [
                 s0.narrow(0, i, 1)?,
                 s1.narrow(0, i, 1)?,
@@ -825,7 +837,9 @@ impl Sam2Base {
         };
         let memory = if input.run_mem_encoder && self.config.num_maskmem > 0 {
             let masks = match (&input.refine, &heads.refined_masks) {
-                (Some(step), Some(refined)) if step.memory_mask == MemoryMask::Refined => refined,
+                (Some(step), Some(refined)) if step.memory_mask == MemoryMask::Refined => {
+                    &refined.logits
+                }
                 _ => &heads.high_res_masks,
             };
             Some(self.encode_new_memory(

@@ -9,23 +9,37 @@ use super::resample::{Filter, resample};
 pub const PIXEL_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
 pub const PIXEL_STD: [f32; 3] = [0.229, 0.224, 0.225];
 
+/// The normalisation's mean and standard deviation as [3, 1, 1] tensors like `like`.
+fn pixel_statistics(like: &Tensor) -> Result<(Tensor, Tensor)> {
+    let constant = |values: &[f32; 3]| {
+        Tensor::new(values, like.device())?
+            .to_dtype(like.dtype())?
+            .reshape((3, 1, 1))
+    };
+    Ok((constant(&PIXEL_MEAN)?, constant(&PIXEL_STD)?))
+}
+
 /// Normalises a [3, S, S] image in [0, 1]: (x - mean) / std per channel.
 pub fn normalize(image: &Tensor) -> Result<Tensor> {
-    let device = image.device();
-    let dtype = image.dtype();
-    let mean = Tensor::new(&PIXEL_MEAN, device)?
-        .to_dtype(dtype)?
-        .reshape((3, 1, 1))?;
-    let std = Tensor::new(&PIXEL_STD, device)?
-        .to_dtype(dtype)?
-        .reshape((3, 1, 1))?;
+    let (mean, std) = pixel_statistics(image)?;
     image.broadcast_sub(&mean)?.broadcast_div(&std)
+}
+
+/// The inverse of `normalize`, for [.., 3, H, W]: the model input back to colour in [0, 1].
+pub fn unnormalize(image: &Tensor) -> Result<Tensor> {
+    let (mean, std) = pixel_statistics(image)?;
+    image.broadcast_mul(&std)?.broadcast_add(&mean)
+}
+
+/// An RGB u8 image [H, W, 3] as f32 colour in [0, 1], [1, 3, H, W] (`ToTensor`).
+pub fn rgb_to_unit(rgb: &Tensor) -> Result<Tensor> {
+    (rgb.permute((2, 0, 1))?.to_dtype(DType::F32)? / 255.0)?.unsqueeze(0)
 }
 
 /// `SAM2Transforms.__call__`: an RGB u8 image [H, W, 3] (any device) -> the model input
 /// [1, 3, S, S] in `dtype`: ToTensor (/255), bilinear antialiased resize to S×S, normalisation.
 pub fn image_to_input(rgb: &Tensor, image_size: usize, dtype: DType) -> Result<Tensor> {
-    let x = (rgb.permute((2, 0, 1))?.to_dtype(DType::F32)? / 255.0)?;
+    let x = rgb_to_unit(rgb)?.squeeze(0)?;
     let x = resample(&x, Filter::BilinearAntialias, image_size, image_size)?;
     normalize(&x)?.to_dtype(dtype)?.unsqueeze(0)
 }

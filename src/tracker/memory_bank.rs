@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 
 use candle_core::Tensor;
 
+use crate::model::refiner::RefinedMasks;
 use crate::model::{MemoryRef, ObjectMemory, PointerRef, Sam2Config};
 
 /// What a frame's step left for the frames after it (`compact_current_out`).
@@ -23,8 +24,9 @@ pub(crate) struct StoredOutput {
     pub iou: f32,
     /// `maskmem_features` [1, Cm, h, w] in the storage dtype; dropped once no frame can read it.
     pub memory: Option<Tensor>,
-    /// With a refiner: the refined logits [1, 1, S, S]; dropped once the frame is not held.
-    pub refined: Option<Tensor>,
+    /// With a refiner: the refined mask (logits [1, 1, S, S] and what brings it to the frame's
+    /// resolution); dropped once the frame is not held.
+    pub refined: Option<RefinedMasks>,
 }
 
 #[derive(Debug, Default)]
@@ -47,16 +49,12 @@ impl MemoryBank {
     /// Bytes held by the stored tensors.
     pub fn bytes(&self) -> usize {
         let of = |o: &StoredOutput| {
-            [
-                Some(&o.low_res),
-                Some(&o.obj_ptr),
-                o.memory.as_ref(),
-                o.refined.as_ref(),
-            ]
-            .into_iter()
-            .flatten()
-            .map(|t| t.elem_count() * t.dtype().size_in_bytes())
-            .sum::<usize>()
+            [Some(&o.low_res), Some(&o.obj_ptr), o.memory.as_ref()]
+                .into_iter()
+                .flatten()
+                .map(|t| t.elem_count() * t.dtype().size_in_bytes())
+                .sum::<usize>()
+                + o.refined.as_ref().map_or(0, RefinedMasks::bytes)
         };
         self.cond.iter().map(|(_, o)| of(o)).sum::<usize>()
             + self.non_cond.values().map(of).sum::<usize>()

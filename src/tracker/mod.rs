@@ -59,7 +59,8 @@ pub use options::{FrameResize, TrackerOptions};
 use crate::error::{Error, Result};
 use crate::image::RgbImage;
 use crate::model::Sam2Base;
-use crate::model::refiner::{LocalFeatures, RefineMode, RefineStep, Refiner, crops};
+use crate::model::refiner::{LocalFeatures, RefineMode, RefineStep, RefinedMasks, Refiner, crops};
+use crate::model::transforms::rgb_to_unit;
 use crate::prompt::Prompt;
 use frames::{FrameForRefiner, FrameHistory, HeldFrame};
 use memory_bank::MemoryBank;
@@ -75,8 +76,9 @@ pub struct ObjectOutput {
     pub object: ObjectId,
     /// Low-resolution mask logits [4h, 4w] (> 0 is the object), after hole filling.
     pub low_res: Tensor,
-    /// With a refiner: the refined logits [S, S] (the output; `low_res` stays SAM 2's).
-    pub refined: Option<Tensor>,
+    /// With a refiner: the refined mask (the output; `low_res` stays SAM 2's): its logits at S
+    /// (`logits`, [1, 1, S, S]) and, with the frame, at the frame's resolution.
+    pub refined: Option<RefinedMasks>,
     /// The object-score logit: below 0, the object is judged absent (its logits are -1024).
     pub object_score: f32,
     /// The predicted IoU of the mask.
@@ -158,6 +160,11 @@ impl Tracker {
     /// Whether steps run the refiner: a refiner is set and the mode is not `Off`.
     pub fn refining(&self) -> bool {
         self.refiner.is_some() && self.options.refine_mode != RefineMode::Off
+    }
+
+    /// Refining with a refiner that reads the crops' features (their encoder passes run).
+    fn reads_crops(&self) -> bool {
+        self.refining() && self.refiner.as_ref().is_some_and(Refiner::reads_crops)
     }
 
     pub fn model(&self) -> &Sam2Base {
@@ -352,7 +359,18 @@ impl Tracker {
     /// Each object's mask logits at the frame's size ([H, W], > 0 is the object), with the
     /// non-overlap constraint across objects when it is on.
     pub fn frame_logits(&self, output: &FrameOutput) -> Result<Vec<(ObjectId, Tensor)>> {
-        step::frame_logits(output, self.options.non_overlap_masks)
+        // Refined masks reach the frame's resolution with the frame itself, while it is held.
+        let frame = match self
+            .frames
+            .get(output.frame)
+            .and_then(|f| f.refine.as_ref())
+        {
+            Some(refine) if output.objects.iter().any(|o| o.refined.is_some()) => {
+                Some(rgb_to_unit(&refine.rgb)?)
+            }
+            _ => None,
+        };
+        step::frame_logits(output, frame.as_ref(), self.options.non_overlap_masks)
     }
 
     /// Each object's soft matte at the frame's size: `round(255 · sigmoid(logit / softness))`
@@ -470,9 +488,9 @@ impl Tracker {
         Ok(())
     }
 
-    /// In quadrant mode, the frame's quadrant features, once.
+    /// In quadrant mode, the frame's quadrant features, once (when the refiner reads crops).
     fn prepare_refiner(&mut self, index: i64) -> Result<()> {
-        if !self.refining() || self.options.refine_mode != RefineMode::Quadrants {
+        if !self.reads_crops() || self.options.refine_mode != RefineMode::Quadrants {
             return Ok(());
         }
         let s = self.model.config.image_size;
@@ -492,15 +510,16 @@ impl Tracker {
         Ok(())
     }
 
-    /// The local features of each object of a step (None when not refining): the frame's
-    /// quadrants, or one window per object on its ROI box (`roi_box` of an object).
+    /// The local features of each object of a step (None when not refining, or when the
+    /// refiner reads no crops): the frame's quadrants, or one window per object on its ROI box
+    /// (`roi_box` of an object).
     fn locals_for(
         &self,
         held: &HeldFrame,
         ids: &[ObjectId],
         roi_box: impl Fn(ObjectId) -> Option<[f32; 4]>,
     ) -> Result<Option<Vec<LocalFeatures>>> {
-        let Some(refine) = held.refine.as_ref().filter(|_| self.refining()) else {
+        let Some(refine) = held.refine.as_ref().filter(|_| self.reads_crops()) else {
             return Ok(None);
         };
         let s = self.model.config.image_size;
@@ -530,9 +549,10 @@ impl Tracker {
         held: &'a HeldFrame,
         locals: Option<&'a [LocalFeatures]>,
     ) -> Option<RefineStep<'a>> {
+        let refiner = self.refiner.as_ref().filter(|_| self.refining())?;
         Some(RefineStep {
-            refiner: self.refiner.as_ref()?,
-            locals: locals?,
+            refiner,
+            locals,
             image: &held.refine.as_ref()?.input,
             memory_mask: self.options.memory_mask,
         })
@@ -541,7 +561,7 @@ impl Tracker {
     /// ROI mode: the box of a step's refined mask, where the object's next window goes.
     fn next_roi_box(&self, out: &memory_bank::StoredOutput) -> Result<Option<[f32; 4]>> {
         match (&out.refined, self.options.refine_mode) {
-            (Some(refined), RefineMode::Roi) => Ok(crops::positive_box(refined)?),
+            (Some(refined), RefineMode::Roi) => Ok(crops::positive_box(&refined.logits)?),
             _ => Ok(None),
         }
     }

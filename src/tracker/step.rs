@@ -75,7 +75,11 @@ fn keep(
             None => None,
         },
         refined: match &heads.refined_masks {
-            Some(r) => Some(pick(r)?.to_dtype(DType::F32)?),
+            Some(r) => {
+                let r = r.row(row)?;
+                let logits = r.logits.to_dtype(DType::F32)?;
+                Some(r.with_logits(logits))
+            }
             None => None,
         },
     })
@@ -189,7 +193,7 @@ pub(crate) fn prompt(
     if model.config.num_maskmem > 0 {
         let size = model.config.image_size;
         let high_res = match (&stored.refined, refine.map(|r| r.memory_mask)) {
-            (Some(refined), Some(MemoryMask::Refined)) => refined.to_dtype(model.dtype())?,
+            (Some(refined), Some(MemoryMask::Refined)) => refined.logits.to_dtype(model.dtype())?,
             _ => upsample_logits(&stored.low_res, (size, size))?.to_dtype(model.dtype())?,
         };
         let (memory, _) = model.encode_new_memory(
@@ -211,10 +215,7 @@ pub(crate) fn object_output(
     Ok(ObjectOutput {
         object,
         low_res: out.low_res.squeeze(0)?.squeeze(0)?,
-        refined: match &out.refined {
-            Some(r) => Some(r.squeeze(0)?.squeeze(0)?),
-            None => None,
-        },
+        refined: out.refined.clone(),
         object_score: out.object_score,
         iou: out.iou,
         conditioning,
@@ -222,24 +223,24 @@ pub(crate) fn object_output(
 }
 
 /// Each object's logits at the frame's size, with the non-overlap constraint when asked.
+/// `frame`: the frame itself ([1, 3, H, W] in [0, 1]) where it is still held, for the refined
+/// masks' guided filter; without it a refined mask is its S×S logits upsampled.
 pub(crate) fn frame_logits(
     output: &FrameOutput,
+    frame: Option<&Tensor>,
     non_overlap: bool,
 ) -> Result<Vec<(ObjectId, Tensor)>> {
     let (w, h) = output.size;
     if output.objects.is_empty() {
         return Ok(Vec::new());
     }
-    // Refined logits (S×S) where the refiner ran, SAM 2's low-res ones elsewhere.
+    // Refined masks where the refiner ran, SAM 2's low-res logits elsewhere.
     let mut all = if output.objects.iter().any(|o| o.refined.is_some()) {
         let per_object: Vec<Tensor> = output
             .objects
             .iter()
-            .map(|o| {
-                let logits = o.refined.as_ref().unwrap_or(&o.low_res);
-                upsample_logits(&logits.unsqueeze(0)?.unsqueeze(0)?, (h, w))?.squeeze(0)
-            })
-            .collect::<candle_core::Result<_>>()?;
+            .map(|o| refined_at_frame(o, frame, (h, w)))
+            .collect::<Result<_>>()?;
         Tensor::stack(&per_object, 0)?
     } else {
         let low: Vec<Tensor> = output
@@ -259,6 +260,22 @@ pub(crate) fn frame_logits(
         .map(|(i, o)| Ok((o.object, all.get(i)?.squeeze(0)?)))
         .collect::<Result<Vec<_>>>()
         .map_err(|e: Error| e)
+}
+
+/// One object's logits [1, H, W] at the frame's size: its refined mask brought there with the
+/// frame, else SAM 2's low-res logits upsampled.
+fn refined_at_frame(
+    object: &ObjectOutput,
+    frame: Option<&Tensor>,
+    size: (usize, usize),
+) -> Result<Tensor> {
+    let logits = match (&object.refined, frame) {
+        (Some(refined), Some(frame)) if object.object_score > 0.0 => refined.at_frame(frame)?,
+        // Absent (its logits are all the no-object score), or the frame is no longer held.
+        (Some(refined), _) => upsample_logits(&refined.logits, size)?,
+        (None, _) => upsample_logits(&object.low_res.unsqueeze(0)?.unsqueeze(0)?, size)?,
+    };
+    Ok(logits.squeeze(0)?)
 }
 
 /// `round(255 · sigmoid(logits / softness))` as bytes (0/255 by the sign when softness is 0).

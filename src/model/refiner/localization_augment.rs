@@ -123,6 +123,8 @@ fn window_bias(position_bias: &Tensor, h: usize, w: usize, device: &Device) -> R
 #[derive(Debug)]
 pub struct LocalizationAugment {
     levels: Vec<LevelAttention>,
+    /// Every level's gate is zero: the features pass unchanged.
+    silent: bool,
 }
 
 impl LocalizationAugment {
@@ -132,7 +134,16 @@ impl LocalizationAugment {
             .enumerate()
             .map(|(i, &c)| LevelAttention::new(c, vb.pp("levels").pp(i)))
             .collect::<Result<Vec<_>>>()?;
-        Ok(Self { levels })
+        let mut silent = true;
+        for level in &levels {
+            silent &= super::all_zero(&level.gate)?;
+        }
+        Ok(Self { levels, silent })
+    }
+
+    /// Whether every gate is closed (the output is the input, and the crops are not read).
+    pub fn is_silent(&self) -> bool {
+        self.silent
     }
 
     /// `features`: the global [stride-4, stride-8, stride-16 embedding]; returns them enhanced
@@ -140,6 +151,9 @@ impl LocalizationAugment {
     pub fn forward(&self, features: &[Tensor; 3], local: &LocalFeatures) -> Result<[Tensor; 3]> {
         let (r, c, h, w) = local.region;
         let mut out = features.clone();
+        if self.silent {
+            return Ok(out);
+        }
         for (level, attention) in self.levels.iter().enumerate() {
             let f = CELLS_PER_EMBEDDING_CELL[level];
             let feature = &features[level];

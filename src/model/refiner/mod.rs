@@ -9,6 +9,7 @@
 //! refuses to load on any other base.
 
 pub mod crops;
+pub mod guided_filter;
 mod localization_augment;
 mod mask_refinement;
 mod prompt_retargeting;
@@ -23,7 +24,7 @@ use candle_nn::VarBuilder;
 
 pub use crops::{LocalFeatures, crop_bounds, local_features, quadrant_origins, roi_origin};
 pub use localization_augment::LocalizationAugment;
-pub use mask_refinement::MaskRefinement;
+pub use mask_refinement::{MaskRefinement, RefinedMasks};
 pub use prompt_retargeting::PromptRetargeting;
 
 use crate::error::{Error, Result};
@@ -118,8 +119,9 @@ impl FromStr for MemoryMask {
 #[derive(Debug, Clone, Copy)]
 pub struct RefineStep<'a> {
     pub refiner: &'a Refiner,
-    /// Each object's local features (one per batch row).
-    pub locals: &'a [LocalFeatures],
+    /// Each object's local features (one per batch row); None when the refiner reads no crops
+    /// (`Refiner::reads_crops`).
+    pub locals: Option<&'a [LocalFeatures]>,
     /// The frame's normalised input [1, 3, S, S].
     pub image: &'a Tensor,
     pub memory_mask: MemoryMask,
@@ -215,10 +217,30 @@ impl Refiner {
         Self::load(path, &base, dtype, device)
     }
 
-    /// All-zero weights (every gate closed: the output is SAM 2's) at the cost of trained ones:
-    /// for benchmarks.
-    pub fn untrained(base: BaseIdentity, dtype: DType, device: &Device) -> Result<Self> {
-        Ok(Self::new(VarBuilder::zeros(dtype, device), base)?)
+    /// Weights for benchmarks, which cost what trained ones cost: with `every_module`, every
+    /// parameter a small constant, so every module runs; without, zeros but the guided filter's
+    /// gate at 1, so only the filter runs (the crops are not encoded).
+    pub fn for_benchmarks(
+        base: BaseIdentity,
+        every_module: bool,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
+        let vb = if every_module {
+            VarBuilder::from_backend(Box::new(Constant(1e-2)), dtype, device.clone())
+        } else {
+            VarBuilder::zeros(dtype, device)
+        };
+        let mut refiner = Self::new(vb, base)?;
+        refiner.mask_refinement.guided_gate = 1.0;
+        Ok(refiner)
+    }
+
+    /// Whether the crops' features are read: localization augment or the cascade of mask
+    /// refinement is live (a refiner whose only open gate is the guided filter's needs no crops,
+    /// and skips their encoder passes).
+    pub fn reads_crops(&self) -> bool {
+        !self.localization_augment.is_silent() || !self.mask_refinement.cascade_is_silent()
     }
 
     fn new(vb: VarBuilder, base: BaseIdentity) -> candle_core::Result<Self> {
@@ -228,6 +250,40 @@ impl Refiner {
             mask_refinement: MaskRefinement::new(vb.pp("mask_refinement"))?,
             base,
         })
+    }
+}
+
+/// Whether every element of `t` is zero: a gate or output layer that silences its module.
+pub(crate) fn all_zero(t: &Tensor) -> candle_core::Result<bool> {
+    t.abs()?
+        .flatten_all()?
+        .max(0)?
+        .to_dtype(DType::F32)?
+        .to_scalar::<f32>()
+        .map(|m| m == 0.0)
+}
+
+/// A weight source where every parameter is one constant: `Refiner::for_benchmarks`.
+struct Constant(f64);
+
+impl candle_nn::var_builder::SimpleBackend for Constant {
+    fn get(
+        &self,
+        shape: candle_core::Shape,
+        _: &str,
+        _: candle_nn::Init,
+        dtype: DType,
+        device: &Device,
+    ) -> candle_core::Result<Tensor> {
+        Tensor::full(self.0, shape, device)?.to_dtype(dtype)
+    }
+
+    fn get_unchecked(&self, name: &str, _: DType, _: &Device) -> candle_core::Result<Tensor> {
+        candle_core::bail!("constant weights need a shape ({name})")
+    }
+
+    fn contains_tensor(&self, _: &str) -> bool {
+        true
     }
 }
 
