@@ -119,7 +119,7 @@ fn a_file_that_is_not_a_refiner_fails_the_start() {
 fn refine_properties_are_documented_with_their_defaults() {
     let element = nano_element(&[]);
     assert_eq!(element.property::<Option<String>>("refiner-weights"), None);
-    for (name, default) in [("refine", "roi"), ("refine-memory", "refined")] {
+    for (name, default) in [("refine", "roi"), ("refine-memory", "sam2")] {
         let value = element.property_value(name);
         let (_, nick) = glib::EnumValue::from_value(&value).unwrap();
         assert_eq!(nick.nick(), default, "{name}");

@@ -134,7 +134,7 @@ def _nano_evaluate():
 
 
 @torch.inference_mode()
-def evaluate_video(refiner, modes: list[str], clips: int, frames: int, frame_size: int, memory_mask: str = "refined") -> dict:
+def evaluate_video(refiner, modes: list[str], clips: int, frames: int, frame_size: int, memory_mask: str = "sam2") -> dict:
     """{mode: [per clip (mean IoU, mean boundary IoU) over its frames]}."""
     nano = _nano_evaluate()
     results = {mode: [] for mode in modes}
@@ -184,7 +184,7 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=30)
     ap.add_argument("--modes", nargs="*", default=list(MODES), choices=MODES)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--memory-mask", choices=MEMORY_MASKS, default="refined",
+    ap.add_argument("--memory-mask", choices=MEMORY_MASKS, default="sam2",
                     help="video: what the memory encoder is fed, the refined mask or SAM 2's own")
     ap.add_argument("--base-config", type=Path, default=CONFIG)
     ap.add_argument("--base-weights", type=Path, default=WEIGHTS)

@@ -40,7 +40,7 @@ def frame_input(frame: np.ndarray, image_size: int) -> torch.Tensor:
 
 
 class RefinedVideoPredictor:
-    def __init__(self, predictor, refiner: Refiner, mode: str, memory_mask: str = "refined"):
+    def __init__(self, predictor, refiner: Refiner, mode: str, memory_mask: str = "sam2"):
         if mode not in ("quadrants", "roi"):
             raise ValueError(f"mode {mode!r}")
         if memory_mask not in MEMORY_MASKS:
