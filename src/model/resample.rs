@@ -19,6 +19,28 @@ pub enum Filter {
     Bicubic,
 }
 
+/// Output sample `i` of a bilinear (align_corners=False) line resampling with `scale` = in / out
+/// and last input index `last`: its two input samples and the second one's weight.
+fn bilinear_tap(scale: f32, last: i64, i: usize) -> (usize, usize, f32) {
+    // area_pixel_compute_source_index: double arithmetic, returned as float.
+    let src = (scale as f64 * (i as f64 + 0.5) - 0.5) as f32;
+    let src = src.max(0.0);
+    let i0 = (src.floor() as i64).min(last);
+    let lambda1 = (src - i0 as f32).clamp(0.0, 1.0);
+    let i1 = if i0 < last { i0 + 1 } else { i0 };
+    (i0 as usize, i1 as usize, lambda1)
+}
+
+/// The two taps of every output sample of a bilinear (align_corners=False) resampling of a line
+/// of `input` samples to `output`: (first input, second input, second's weight), as the
+/// weight matrix of `Filter::Bilinear` holds them.
+pub fn bilinear_taps(input: usize, output: usize) -> Vec<(usize, usize, f32)> {
+    let scale = input as f32 / output as f32;
+    (0..output)
+        .map(|i| bilinear_tap(scale, input as i64 - 1, i))
+        .collect()
+}
+
 /// The [out, in] weight matrix resampling a line of `input` samples to `output` samples.
 ///
 /// The arithmetic follows ATen's CPU kernels for f32 tensors (`UpSampleKernel.cpp`), including
@@ -33,14 +55,9 @@ pub fn weight_matrix(filter: Filter, input: usize, output: usize) -> Vec<f32> {
         let row = &mut w[i * input..(i + 1) * input];
         match filter {
             Filter::Bilinear => {
-                // area_pixel_compute_source_index: double arithmetic, returned as float.
-                let src = (scale as f64 * (i as f64 + 0.5) - 0.5) as f32;
-                let src = src.max(0.0);
-                let i0 = (src.floor() as i64).min(last);
-                let lambda1 = (src - i0 as f32).clamp(0.0, 1.0);
-                let i1 = if i0 < last { i0 + 1 } else { i0 };
-                row[i0 as usize] += 1.0 - lambda1;
-                row[i1 as usize] += lambda1;
+                let (i0, i1, lambda1) = bilinear_tap(scale, last, i);
+                row[i0] += 1.0 - lambda1;
+                row[i1] += lambda1;
             }
             Filter::BilinearAntialias => {
                 // _compute_indices_min_size_weights_aa, interp_size 2.

@@ -1,7 +1,7 @@
 //! CPU kernels for the operations where candle's generic path is slow or imprecise: fused
 //! attention (and Hiera's windowed attention), linear layers and two-layer MLPs, LayerNorm, GELU
 //! and convolutions (depthwise, and dense with stride 1), on contiguous f32 tensors; and the
-//! guided filter's window means on f64 planes.
+//! guided filter's window means on f64 planes and its application at the frame's resolution.
 //!
 //! The callers in `nn.rs` use them on the CPU for f32 and fall back to plain tensor arithmetic
 //! for other dtypes and devices, so these are fast paths, never the only path.
@@ -9,6 +9,7 @@
 mod attention;
 mod box_filter;
 mod conv;
+mod guided_apply;
 mod linear;
 mod matmul;
 mod mlp;
@@ -19,6 +20,7 @@ mod window_attention;
 pub(crate) use attention::FusedAttention;
 pub(crate) use box_filter::BoxMean;
 pub(crate) use conv::Conv2dTaps;
+pub(crate) use guided_apply::GuidedApply;
 pub(crate) use linear::{Epilogue, FusedLinear};
 pub(crate) use mlp::FusedMlp;
 pub(crate) use ops::{DepthwiseConv2d, GeluErf, LayerNormChannels, LayerNormLastDim};

@@ -8,6 +8,7 @@ use candle_nn::VarBuilder;
 
 use super::guided_filter;
 use super::localization_augment::LEVEL_CHANNELS;
+use crate::model::kernels::GuidedApply;
 use crate::model::nn::{Conv2d, gelu};
 use crate::model::resample::{Filter, resample};
 use crate::model::transforms::unnormalize;
@@ -51,8 +52,43 @@ impl RefinedMasks {
     /// The logits at a frame's resolution [B, K, H, W], for frames [B, 3, H, W] in [0, 1] (f32):
     /// the base upsampled bilinearly, plus gate × the guided filter applied with the frame.
     pub fn at_frame(&self, frame: &Tensor) -> Result<Tensor> {
+        let (b, k, s, s_w) = self.base.dims4()?;
+        let (frames, c, h, w) = frame.dims4()?;
+        if let Some((a, coef_b)) = &self.coefficients
+            && frame.device().is_cpu()
+            && frame.dtype() == DType::F32
+            && frames == 1
+        {
+            // One fused pass over the frame's pixels (the frame is shared by every mask).
+            let planes = Tensor::cat(
+                &[
+                    &self
+                        .base
+                        .to_dtype(DType::F32)?
+                        .reshape((b * k, 1, s, s_w))?,
+                    a,
+                    coef_b,
+                ],
+                1,
+            )?;
+            let op = GuidedApply {
+                gate: self.gate as f32,
+                clamp: guided_filter::CLAMP as f32,
+            };
+            return planes
+                .apply_op2_no_bwd(&frame.squeeze(0)?.contiguous()?, &op)?
+                .reshape((b, k, h, w));
+        }
+        self.at_frame_by_tensors(frame, (c, h, w))
+    }
+
+    /// `at_frame` in tensor operations, on any device.
+    fn at_frame_by_tensors(
+        &self,
+        frame: &Tensor,
+        (c, h, w): (usize, usize, usize),
+    ) -> Result<Tensor> {
         let (b, k, _, _) = self.base.dims4()?;
-        let (_, c, h, w) = frame.dims4()?;
         let out = resample(&self.base.to_dtype(DType::F32)?, Filter::Bilinear, h, w)?;
         let Some((a, coef_b)) = &self.coefficients else {
             return Ok(out);
@@ -247,4 +283,34 @@ fn repeat_per_mask(x: &Tensor, k: usize) -> Result<Tensor> {
 /// Bilinear (align_corners=False) to side × side: SAM 2's own upsampling of logits.
 fn upsample(x: &Tensor, side: usize) -> Result<Tensor> {
     resample(x, Filter::Bilinear, side, side)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    /// The fused CPU pass and the tensor operations bring a refined mask to the frame alike.
+    #[test]
+    fn the_fused_frame_pass_matches_the_tensor_path() -> Result<()> {
+        let device = Device::Cpu;
+        let (k, s, h, w) = (2, 16, 37, 53);
+        let base = (Tensor::randn(0f32, 8.0, (1, k, s, s), &device)? - 4.0)?;
+        let a = Tensor::randn(0f32, 0.5, (k, 3, s, s), &device)?;
+        let b = Tensor::rand(0f32, 1.0, (k, 1, s, s), &device)?;
+        let frame = Tensor::rand(0f32, 1.0, (1, 3, h, w), &device)?;
+        let masks = RefinedMasks {
+            logits: base.clone(),
+            base,
+            gate: 0.7,
+            coefficients: Some((a, b)),
+        };
+        let fused = masks.at_frame(&frame)?;
+        let tensors = masks.at_frame_by_tensors(&frame, (3, h, w))?;
+        assert_eq!(fused.dims(), &[1, k, h, w]);
+        let err = (&fused - &tensors)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        let scale = tensors.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(err <= 1e-5 * scale, "max difference {err} (scale {scale})");
+        Ok(())
+    }
 }
