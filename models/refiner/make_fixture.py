@@ -111,6 +111,30 @@ def frame_and_masks():
     return np.ascontiguousarray(frame), big
 
 
+def record_image_cases(model, refiner: Refiner, frame: np.ndarray, cases: list[dict], prefix: str) -> dict:
+    """Each case's masks and IoUs from the image path with `refiner`, keyed `{prefix}{name}/masks` and
+    `/iou`; sets each case's `multimask` as the engine decides it."""
+    predictors, expected, low_res = {}, {}, {}
+    for case in cases:
+        mode = case["mode"]
+        if mode not in predictors:
+            predictors[mode] = RefinedImagePredictor(model, refiner, mode)
+            predictors[mode].set_image(frame)
+        mask_input = None
+        if "mask_from" in case:
+            prev = low_res[case["mask_from"]]
+            mask_input = prev[int(torch.argmax(expected[f"{prefix}{case['mask_from']}/iou"]))][None]
+        # As the engine: one click alone is ambiguous (three candidates), anything else one mask.
+        case["multimask"] = len(case.get("points", [])) == 1 and "box" not in case and mask_input is None
+        masks_out, iou, low = predictors[mode].predict(
+            case.get("points"), case.get("labels"), case.get("box"), mask_input, case["multimask"]
+        )
+        expected[f"{prefix}{case['name']}/masks"] = masks_out.float()
+        expected[f"{prefix}{case['name']}/iou"] = iou.float()
+        low_res[case["name"]] = low
+    return expected
+
+
 @torch.inference_mode()
 def main() -> None:
     torch.set_num_threads(1)
@@ -138,45 +162,11 @@ def main() -> None:
         {"name": "roi_click", "mode": "roi", "points": [click], "labels": [1]},
         {"name": "off_click", "mode": "off", "points": [click], "labels": [1]},
     ]
-    predictors = {}
-    expected, low_res = {}, {}
-    for case in cases:
-        mode = case["mode"]
-        if mode not in predictors:
-            predictors[mode] = RefinedImagePredictor(model, refiner, mode)
-            predictors[mode].set_image(frame)
-        mask_input = None
-        if "mask_from" in case:
-            prev = low_res[case["mask_from"]]
-            mask_input = prev[int(torch.argmax(expected[f"{case['mask_from']}/iou"]))][None]
-        # As the engine: one click alone is ambiguous (three candidates), anything else one mask.
-        multimask = len(case.get("points", [])) == 1 and "box" not in case and mask_input is None
-        case["multimask"] = multimask
-        masks_out, iou, low = predictors[mode].predict(
-            case.get("points"), case.get("labels"), case.get("box"), mask_input, multimask
-        )
-        expected[f"{case['name']}/masks"] = masks_out.float()
-        expected[f"{case['name']}/iou"] = iou.float()
-        low_res[case["name"]] = low
+    expected = record_image_cases(model, refiner, frame, cases, "")
     # The same cases with only the guided filter and PR live (what a refiner that reads no crops
     # computes: the engine then skips the crops' encoder passes).
-    filter_only = crops_silenced(refiner)
-    low_res = {}
-    for case in cases:
-        if case["mode"] == "off":
-            continue
-        predictor = RefinedImagePredictor(model, filter_only, case["mode"])
-        predictor.set_image(frame)
-        mask_input = None
-        if "mask_from" in case:
-            prev = low_res[case["mask_from"]]
-            mask_input = prev[int(torch.argmax(expected[f"filter_only/{case['mask_from']}/iou"]))][None]
-        masks_out, iou, low = predictor.predict(
-            case.get("points"), case.get("labels"), case.get("box"), mask_input, case["multimask"]
-        )
-        expected[f"filter_only/{case['name']}/masks"] = masks_out.float()
-        expected[f"filter_only/{case['name']}/iou"] = iou.float()
-        low_res[case["name"]] = low
+    refined_cases = [case for case in cases if case["mode"] != "off"]
+    expected |= record_image_cases(model, crops_silenced(refiner), frame, refined_cases, "filter_only/")
     (OUT / "cases.json").write_text(json.dumps({"cases": cases}, indent=1) + "\n")
     save_file({k: v.contiguous() for k, v in expected.items()}, str(OUT / "expected.safetensors"))
     print(f"wrote {OUT}: {len(cases)} cases")

@@ -229,9 +229,10 @@ impl<'a> ImagePredictor<'a> {
             (Some((refiner, mode)), Some(inputs)) if refine && mode != RefineMode::Off => Some((
                 refiner,
                 inputs,
-                match refiner.reads_crops() {
-                    true => Some(self.local_for(prompt, inputs, multimask_output)?),
-                    false => None,
+                if refiner.reads_crops() {
+                    Some(self.local_for(prompt, inputs, multimask_output)?)
+                } else {
+                    None
                 },
             )),
             _ => None,

@@ -480,32 +480,33 @@ impl Sam2Base {
                 "the refiner needs a model with high-resolution features (use_high_res_features_in_sam)"
             );
         };
-        let b = backbone_features.dim(0)?;
-        let locals = step.locals.unwrap_or_default();
-        if step.refiner.reads_crops() && locals.len() != b {
-            bail!("{} local features for a batch of {b}", locals.len());
-        }
-        let mut levels: [Vec<Tensor>; 3] = Default::default();
-        if locals.is_empty() {
-            levels = [
-                vec![s0.clone()],
-                vec![s1.clone()],
-                vec![backbone_features.clone()],
-            ];
-        }
-        for (i, local) in locals.iter().enumerate() {
-            let global = [
-                s0.narrow(0, i, 1)?,
-                s1.narrow(0, i, 1)?,
-                backbone_features.narrow(0, i, 1)?,
-            ];
-            let out = step.refiner.localization_augment.forward(&global, local)?;
-            for (level, t) in out.into_iter().enumerate() {
-                levels[level].push(t);
+        // Localization augment, each object with its own local features; none without crops.
+        let [s0, s1, embedding] = match step.locals {
+            None if step.refiner.reads_crops() => {
+                bail!("the refiner reads crops: local features expected")
             }
-        }
-        let [s0, s1, embedding] = levels.map(|l| Tensor::cat(&l, 0));
-        let (s0, s1, embedding) = (s0?, s1?, embedding?);
+            None => [s0.clone(), s1.clone(), backbone_features.clone()],
+            Some(locals) => {
+                let b = backbone_features.dim(0)?;
+                if locals.len() != b {
+                    bail!("{} local features for a batch of {b}", locals.len());
+                }
+                let mut levels: [Vec<Tensor>; 3] = Default::default();
+                for (i, local) in locals.iter().enumerate() {
+                    let global = [
+                        s0.narrow(0, i, 1)?,
+                        s1.narrow(0, i, 1)?,
+                        backbone_features.narrow(0, i, 1)?,
+                    ];
+                    let out = step.refiner.localization_augment.forward(&global, local)?;
+                    for (level, t) in out.into_iter().enumerate() {
+                        levels[level].push(t);
+                    }
+                }
+                let [s0, s1, embedding] = levels.map(|l| Tensor::cat(&l, 0));
+                [s0?, s1?, embedding?]
+            }
+        };
         let (sparse, dense) = step.refiner.prompt_retargeting.forward(
             sparse,
             dense,

@@ -290,15 +290,26 @@ mod tests {
     use super::*;
     use candle_core::Device;
 
+    /// Deterministic values in [lo, hi], spread like noise: `sin` of a long stride.
+    fn spread(shape: (usize, usize, usize, usize), lo: f64, hi: f64) -> Result<Tensor> {
+        let n = shape.0 * shape.1 * shape.2 * shape.3;
+        let t = Tensor::arange(0f32, n as f32, &Device::Cpu)?
+            .affine(1.7, 0.3)?
+            .sin()?;
+        t.affine((hi - lo) / 2.0, (hi + lo) / 2.0)?.reshape(shape)
+    }
+
     /// The fused CPU pass and the tensor operations bring a refined mask to the frame alike.
+    /// The filtered mask stays within [0.05, 0.95] here: near the clamp (1e-4) the logit's slope
+    /// is 1e4, where f32 rounding of either path shows at this tolerance. The clamp itself is
+    /// covered by the parity fixtures (a changed clamp fails them).
     #[test]
     fn the_fused_frame_pass_matches_the_tensor_path() -> Result<()> {
-        let device = Device::Cpu;
         let (k, s, h, w) = (2, 16, 37, 53);
-        let base = (Tensor::randn(0f32, 8.0, (1, k, s, s), &device)? - 4.0)?;
-        let a = Tensor::randn(0f32, 0.5, (k, 3, s, s), &device)?;
-        let b = Tensor::rand(0f32, 1.0, (k, 1, s, s), &device)?;
-        let frame = Tensor::rand(0f32, 1.0, (1, 3, h, w), &device)?;
+        let base = spread((1, k, s, s), -20.0, 12.0)?;
+        let a = spread((k, 3, s, s), -0.1, 0.1)?;
+        let b = spread((k, 1, s, s), 0.35, 0.65)?;
+        let frame = spread((1, 3, h, w), 0.0, 1.0)?;
         let masks = RefinedMasks {
             logits: base.clone(),
             base,
