@@ -130,7 +130,7 @@ class RefinedImagePredictor:
         self.frame = frame
         self.input = self.official._transforms(frame)[None]
         self.quadrants = None
-        if self.mode == "quadrants":
+        if self.mode == "quadrants" and self.refiner.reads_crops():
             self.quadrants = local_features(self.model, self.official._transforms, frame, quadrant_origins(self.model.image_size))
 
     @torch.inference_mode()
@@ -159,11 +159,12 @@ class RefinedImagePredictor:
         if self.mode != "off":
             if self.mode == "quadrants":
                 local = self.quadrants
-            else:
+            elif self.refiner.reads_crops():
                 if roi_box is None:
                     roi_box = self.roi_box_for(points, labels, box, mask_input, multimask_output)
                 local = self.roi_features(roi_box, scale)
-            features = self.refiner.localization_augment(features, local)
+            if local is not None:
+                features = self.refiner.localization_augment(features, local)
             sparse, dense = self.refiner.prompt_retargeting(
                 sparse, dense, coords, labs, features[2], mask, stride=float(CELL)
             )
@@ -171,7 +172,7 @@ class RefinedImagePredictor:
         if self.mode == "off":
             full = F.interpolate(low, size=(h, w), mode="bilinear", align_corners=False)
         else:
-            local_s2, coverage = stride2_local(local, s)
+            local_s2, coverage = stride2_local(local, s) if local is not None else (None, None)
             refined = self.refiner.mask_refinement(low, upscaled, self.input, local_s2, coverage)
             full = refined.at_frame(torch.from_numpy(self.frame).permute(2, 0, 1).float()[None] / 255)
         return full[0], iou[0], low[0].clamp(-32, 32)

@@ -190,6 +190,10 @@ class LocalizationAugment(nn.Module):
         super().__init__()
         self.levels = nn.ModuleList(LevelAttention(c) for c in LEVEL_CHANNELS)
 
+    def is_silent(self) -> bool:
+        """Every level's gate is zero: the module returns its input (the engine's `is_silent`)."""
+        return all(not bool(level.gate.any()) for level in self.levels)
+
     def forward(self, features: list[torch.Tensor], local: LocalFeatures) -> list[torch.Tensor]:
         """features: [stride-4, stride-8, stride-16 embedding] of the global image; returns them enhanced
         over `local.region` (unchanged elsewhere)."""
@@ -362,20 +366,44 @@ class MaskRefinement(nn.Module):
             nn.init.zeros_(delta.weight)
             nn.init.zeros_(delta.bias)
 
+    def cascade_is_silent(self) -> bool:
+        """Both corrections' output layers are zero: the cascade adds nothing (the engine's
+        `cascade_is_silent`), and its inputs, the crops' features among them, go unread."""
+        return all(not bool(d.weight.any()) and not bool(d.bias.any()) for d in (self.delta_s2, self.delta_s1))
+
     def forward(self, low_res, upscaled, image, local_s2, coverage) -> RefinedMasks:
         """The refined masks for the decoder's K masks per prompt.
 
         low_res [B, K, 4G, 4G]: the decoder's logits; upscaled [B, 32, 4G, 4G]: its upscaled embedding;
         image [B, 3, S, S]: the normalised input; local_s2 [B, 32, 8G, 8G]: LA's stitched stride-4 local
-        features (zeros where no crop covers); coverage [B, 1, 8G, 8G]: 1 where a crop covers."""
+        features (zeros where no crop covers); coverage [B, 1, 8G, 8G]: 1 where a crop covers. The last
+        two are None when the refiner reads no crops (`Refiner.reads_crops`); the cascade is then silent
+        and skipped."""
         b, k, h4, _ = low_res.shape
         size = image.shape[-1]
         masks = low_res.reshape(b * k, 1, h4, h4)
+        sam = upsample(masks, size)  # SAM 2's own full-size logits
+        gate = self.guided_gate
+        guide = unnormalise(image).repeat_interleave(k, 0)
+        coefficients = guided_coefficients(guide, sam.sigmoid(), size // GUIDED_RADIUS_DIVISOR, GUIDED_EPS)
+        if local_s2 is None:
+            if not self.cascade_is_silent():
+                raise ValueError("a live cascade reads the crops' features: pass local_s2 and coverage")
+            base = (1 - gate) * sam
+        else:
+            delta_s2, delta_s1 = self.cascade(masks, upscaled, image, local_s2, coverage, k, size)
+            base = (1 - gate) * sam + delta_s2 + delta_s1
+        logits = base + gate * guided_logits(*coefficients, guide)
+        return RefinedMasks(logits.reshape(b, k, size, size), base.reshape(b, k, size, size), gate, coefficients)
+
+    def cascade(self, masks, upscaled, image, local_s2, coverage, k: int, size: int):
+        """The cascade's logit corrections at stride 2 (upsampled) and stride 1, each [B*K, 1, S, S], for
+        `masks` [B*K, 1, 4G, 4G]."""
+        h4 = masks.shape[-1]
 
         def per_mask(x):  # [B, ...] -> [B*K, ...]
             return x.repeat_interleave(k, 0)
 
-        sam = upsample(masks, size)  # SAM 2's own full-size logits
         # The layers read the mask as a probability: logits run to ±30 (and -1024 for an absent
         # object), a scale that would swamp every other input.
         prob = masks.sigmoid()
@@ -386,12 +414,7 @@ class MaskRefinement(nn.Module):
         delta_s2 = self.delta_s2(x)
         image_s1 = F.gelu(self.image_s1(image))
         y = self.fuse_s1(torch.cat([upsample(x, size), per_mask(image_s1)], 1))
-        gate = self.guided_gate
-        base = (1 - gate) * sam + upsample(delta_s2, size) + self.delta_s1(y)
-        guide = per_mask(unnormalise(image))
-        coefficients = guided_coefficients(guide, sam.sigmoid(), size // GUIDED_RADIUS_DIVISOR, GUIDED_EPS)
-        logits = base + gate * guided_logits(*coefficients, guide)
-        return RefinedMasks(logits.reshape(b, k, size, size), base.reshape(b, k, size, size), gate, coefficients)
+        return upsample(delta_s2, size), self.delta_s1(y)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -405,6 +428,12 @@ class Refiner(nn.Module):
         self.localization_augment = LocalizationAugment()
         self.prompt_retargeting = PromptRetargeting()
         self.mask_refinement = MaskRefinement()
+
+    def reads_crops(self) -> bool:
+        """Whether the crops' features are read: LA or MR's cascade is live. A refiner whose only open
+        gate is the guided filter's needs no crops, and its callers skip their encoder passes (as the
+        engine's `Refiner::reads_crops`)."""
+        return not self.localization_augment.is_silent() or not self.mask_refinement.cascade_is_silent()
 
 
 def base_weights_hash(state: dict[str, torch.Tensor]) -> str:

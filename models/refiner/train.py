@@ -219,6 +219,16 @@ def mr_local_inputs(locals_: list[LocalFeatures], image_size: int) -> tuple[torc
     return torch.cat([a for a, _ in placed]), torch.cat([b for _, b in placed])
 
 
+def reads_crops(refiner) -> bool:
+    """Whether a step needs the crops: the refiner reads them, or could after an update (LA or the
+    cascade has a trainable parameter)."""
+    mr = refiner.mask_refinement
+    readers = list(refiner.localization_augment.parameters()) + [
+        p for name, p in mr.named_parameters() if name != "guided_gate"
+    ]
+    return refiner.reads_crops() or any(p.requires_grad for p in readers)
+
+
 def step(model, refiner, batch, rng, args) -> tuple[torch.Tensor, dict]:
     """One training step over `batch` (frames [B, 3, 2S, 2S], alphas list of [K, 2S, 2S])."""
     frames, alphas = batch
@@ -235,15 +245,24 @@ def step(model, refiner, batch, rng, args) -> tuple[torch.Tensor, dict]:
     if not objects:
         return None, {}
     owner = [o[0] for o in objects]
-    locals_ = object_local_features(model, frames, owner, [o[3] for o in objects], quadrant_step)
+    # The crops' encoder passes are about half of a step: skipped when nothing reads their features,
+    # now or after this step's update (a trainable crop reader, even at zero, needs them for its gradient).
+    if reads_crops(refiner):
+        locals_ = object_local_features(model, frames, owner, [o[3] for o in objects], quadrant_step)
+    else:
+        locals_ = None
     soft = torch.stack([o[2] if args.targets == "soft" else (o[2] > 0.5).float() for o in objects])
     gt = soft > 0.5
     gt_host = gt.cpu()
 
     # Global features per object, enhanced by LA with that object's local features.
-    enhanced = [refiner.localization_augment([f[o : o + 1] for f in features], loc) for o, loc in zip(owner, locals_)]
-    enhanced = [torch.cat([e[level] for e in enhanced]) for level in range(3)]
-    local_s2, coverage = mr_local_inputs(locals_, s)
+    if locals_ is None:
+        enhanced = [f[torch.tensor(owner, device=device)] for f in features]
+        local_s2 = coverage = None
+    else:
+        enhanced = [refiner.localization_augment([f[o : o + 1] for f in features], loc) for o, loc in zip(owner, locals_)]
+        enhanced = [torch.cat([e[level] for e in enhanced]) for level in range(3)]
+        local_s2, coverage = mr_local_inputs(locals_, s)
     image_in = inputs[torch.tensor(owner, device=device)]
 
     prompts = [first_prompt(g, rng) for g in gt_host]

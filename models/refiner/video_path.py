@@ -128,8 +128,9 @@ class RefinedVideoPredictor:
             frame_idx, obj = self.current
             if self.mode == "roi" and obj not in self.roi_box:
                 self.roi_box[obj] = self.first_box(coords, labels)
-            local = self.local_for(frame_idx, obj)
-            features = self.refiner.localization_augment(features, local)
+            local = self.local_for(frame_idx, obj) if self.refiner.reads_crops() else None
+            if local is not None:
+                features = self.refiner.localization_augment(features, local)
             sparse, dense = self.refiner.prompt_retargeting(sparse, dense, coords, labels, features[2], mask_prompt, float(CELL))
         (low_multi, ious, sam_tokens, object_score_logits), upscaled = decode(
             model, features, sparse, dense, multimask_output)
@@ -148,7 +149,7 @@ class RefinedVideoPredictor:
         else:
             low, high = low_multi, high_multi
         if refine:
-            local_s2, coverage = stride2_local(local, s)
+            local_s2, coverage = stride2_local(local, s) if local is not None else (None, None)
             image = self.transform(self.frames[frame_idx])[None]
             masks = self.refiner.mask_refinement(low, upscaled, image, local_s2, coverage)
             refined = torch.where(appearing[:, :, None, None], masks.logits, NO_OBJ_SCORE)
