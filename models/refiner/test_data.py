@@ -31,6 +31,27 @@ def thinness(alpha: torch.Tensor) -> float:
     return float(tv / alpha.sum().clamp_min(1e-6))
 
 
+def check_seed_sets():
+    """Training and held-out scene seeds never meet as torch's generator sees them (its low 32 bits), and
+    a seed it would alias is refused."""
+    sys.path.append(str(Path(__file__).resolve().parents[1] / "nano"))
+    import common
+    import evaluate
+
+    training_top = common.scene_seed(common.TRAINING_SEEDS // 2**24 - 1, 2**24 - 1)
+    assert training_top < common.TRAINING_SEEDS
+    for base in (common.EVAL_SEED_BASE, evaluate.EVAL_SEED_BASE):
+        assert common.TRAINING_SEEDS <= base and base + 2_000_000 < common.SEED_SPACE, base
+    for bad in (2**32, 2**51, -1):
+        try:
+            fine_scenes.random_fine_scene(bad)
+        except ValueError:
+            pass
+        else:
+            raise AssertionError(f"seed {bad} was accepted")
+    print("ok seeds: training below 2**31, held-out sets above, seeds beyond 32 bits refused")
+
+
 def check_determinism():
     for seed in (0, 7, 123):
         a = fine_scenes.random_fine_scene(seed).render(3.0)
@@ -207,6 +228,7 @@ def check_hqseg():
 
 def main():
     torch.set_num_threads(1)
+    check_seed_sets()
     check_determinism()
     check_shapes_and_ranges()
     check_antialiasing_and_thinness()

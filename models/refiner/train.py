@@ -51,7 +51,7 @@ from common import (  # noqa: E402
     with_negative_clicks,
 )
 from image_path import CELL, decode, encode, quadrant_origins, roi_origin  # noqa: E402
-from refiner import LocalFeatures, Refiner, save_refiner, upsample  # noqa: E402
+from refiner import LocalFeatures, Refiner, load_refiner, save_refiner, upsample  # noqa: E402
 
 OUT = HERE / "sam2.1_nano.refiner.safetensors"
 BOUNDARY_RADIUS = 3  # pixels at S either side of the true edge
@@ -332,6 +332,8 @@ def main() -> None:
     ap.add_argument("--train", nargs="+", metavar="PREFIX", default=[""],
                     help="train only the parameters whose names start with one of these (the others keep their "
                     "initial values: a module whose gate stays at zero is off); default: all")
+    ap.add_argument("--init", type=Path, default=None,
+                    help="start from this refiner file's weights (e.g. the shipped one, to train a module on top)")
     args = ap.parse_args()
 
     LOSS_WEIGHTS.update(zip(("bce", "dice", "boundary", "lovasz"), args.loss_weights))
@@ -339,7 +341,7 @@ def main() -> None:
     torch.manual_seed(args.seed)
     rng = random.Random(args.seed)
     model, base_state = load_base(args.base_config, args.base_weights, args.device)
-    refiner = Refiner().to(args.device).train()
+    refiner = (Refiner() if args.init is None else load_refiner(args.init)).to(args.device).train()
     params = [p for name, p in refiner.named_parameters() if name.startswith(tuple(args.train))]
     for name, p in refiner.named_parameters():
         p.requires_grad_(name.startswith(tuple(args.train)))

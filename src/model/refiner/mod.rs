@@ -77,9 +77,9 @@ impl FromStr for RefineMode {
 }
 
 /// What the memory encoder of a refined tracking step is fed. The default is SAM 2's own mask,
-/// chosen by measurement: on the held-out clips the nano refiner tracks at mIoU 55.9 and mBIoU
-/// 49.3 with it, 45.0 and 38.6 when the memory is fed the refined mask (plain SAM 2: 47.4 and
-/// 35.5; `models/refiner/MODEL_CARD.md`).
+/// chosen by measurement: on the held-out clips the nano refiner tracks at mIoU 29.8 and mBIoU
+/// 24.6 with it, 24.3 and 19.7 when the memory is fed the refined mask (plain SAM 2: 28.8 and
+/// 19.4; `models/refiner/MODEL_CARD.md`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum MemoryMask {
     /// The refined mask: the memory remembers the detail the output shows.
