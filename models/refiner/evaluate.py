@@ -193,8 +193,17 @@ def main() -> None:
     began = time.time()
     model, _ = load_base(args.base_config, args.base_weights, "cpu")
     refiner = load_refiner(args.refiner)
-    results = evaluate(model, refiner, args.modes, args.images, 2 * model.image_size)
-    video = evaluate_video(refiner, args.modes, args.clips, args.frames, 2 * model.image_size, args.memory_mask) if args.clips else None
+    # A refiner that reads no crops takes the same path in both modes (neither encodes a crop, and nothing
+    # else differs): quadrants is then not run again but reported as roi.
+    shared = "quadrants" in args.modes and "roi" in args.modes and not refiner.reads_crops()
+    run = [m for m in args.modes if not (shared and m == "quadrants")]
+    results = evaluate(model, refiner, run, args.images, 2 * model.image_size)
+    video = evaluate_video(refiner, run, args.clips, args.frames, 2 * model.image_size, args.memory_mask) if args.clips else None
+    if shared:
+        print("this refiner reads no crops: quadrants takes roi's path, so its columns are roi's")
+        results["quadrants"] = results["roi"]
+        if video:
+            video["quadrants"] = video["roi"]
     objects = len(results[args.modes[0]]["click"])
     print(f"held-out fine-structure set: {args.images} images ({objects} objects) at "
           f"{2 * model.image_size} px; {time.time() - began:.0f} s")
