@@ -11,6 +11,8 @@ import torch.nn.functional as F
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from scenes import SEED_SPACE  # noqa: F401 (re-exported: the seed rule below is stated against it)
+
 HERE = Path(__file__).resolve().parent
 CONFIG = HERE / "config.yaml"
 WEIGHTS = HERE / "sam2.1_nano.safetensors"
@@ -19,13 +21,13 @@ IMG_MEAN = torch.tensor([0.485, 0.456, 0.406])[:, None, None]
 IMG_STD = torch.tensor([0.229, 0.224, 0.225])[:, None, None]
 
 # Scene seeds. `scenes.Rand` seeds torch's CPU generator, which keeps only the low 32 bits of a seed, so
-# every scene seed lies in [0, 2**32) (`Rand` refuses others). Training draws below 2**31 (`scene_seed`);
+# every scene seed lies in [0, SEED_SPACE) (`Rand` refuses others). Training draws below 2**31 (`scene_seed`);
 # the held-out sets lie above: nano's images from `EVAL_SEED_BASE` and its clips from there + 1_000_000,
 # the refiner's from 2**31 + 2**30 (`models/refiner/evaluate.py`). The bases were once 2**50 and 2**51,
 # which the generator reduced to 0: those "held-out" sets were the first training draws (found and
 # fixed 2026-12-03; the model cards' figures are on the sets below).
-SEED_SPACE = 2**32
 TRAINING_SEEDS = 2**31
+SCENES_PER_RUN = 2**24  # training scenes per run seed (`scene_seed`)
 EVAL_SEED_BASE = TRAINING_SEEDS
 MIN_OBJECT_PIXELS = 150
 
@@ -151,10 +153,10 @@ def point_inputs(prompts: list[tuple[list, list]], device: torch.device) -> dict
 
 
 def scene_seed(run_seed: int, counter: int) -> int:
-    """The seed of a run's `counter`-th training scene: each run seed has its own 2**24 scenes, all below
-    `TRAINING_SEEDS` (run seed 0's are the counters themselves)."""
-    per_run = 2**24
-    if not (0 <= counter < per_run and 0 <= run_seed < TRAINING_SEEDS // per_run):
-        raise ValueError(f"training scene {counter} of run seed {run_seed}: expected counter < {per_run}, "
-                         f"run seed < {TRAINING_SEEDS // per_run}")
-    return run_seed * per_run + counter
+    """The seed of a run's `counter`-th training scene: each run seed has its own `SCENES_PER_RUN` scenes,
+    all below `TRAINING_SEEDS` (run seed 0's are the counters themselves)."""
+    runs = TRAINING_SEEDS // SCENES_PER_RUN
+    if not (0 <= counter < SCENES_PER_RUN and 0 <= run_seed < runs):
+        raise ValueError(f"training scene {counter} of run seed {run_seed}: expected counter < {SCENES_PER_RUN}, "
+                         f"run seed < {runs}")
+    return run_seed * SCENES_PER_RUN + counter

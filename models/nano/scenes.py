@@ -39,6 +39,8 @@ BARS = torch.tensor(
         [0.0, 0.0, 0.75],
     ]
 )
+# torch's CPU generator keeps only the low 32 bits of a seed: scene seeds live below this.
+SEED_SPACE = 2**32
 TEXTURES = ("flat", "noise", "stripes", "checker", "dots", "rings", "snow", "bars")
 
 
@@ -46,10 +48,9 @@ class Rand:
     """Scalars and tensors from one seeded generator."""
 
     def __init__(self, seed: int):
-        # torch's CPU generator keeps only a seed's low 32 bits: a larger seed would silently alias a
-        # smaller one (and a held-out scene a training scene).
-        if not 0 <= seed < 2**32:
-            raise ValueError(f"scene seed {seed}: expected a 32-bit seed (see common.SEED_SPACE)")
+        # A larger seed would silently alias a smaller one (and a held-out scene a training scene).
+        if not 0 <= seed < SEED_SPACE:
+            raise ValueError(f"scene seed {seed}: expected a 32-bit seed (see SEED_SPACE)")
         self.g = torch.Generator().manual_seed(seed)
 
     def uniform(self, lo: float = 0.0, hi: float = 1.0) -> float:

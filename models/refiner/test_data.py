@@ -38,7 +38,8 @@ def check_seed_sets():
     import common
     import evaluate
 
-    training_top = common.scene_seed(common.TRAINING_SEEDS // 2**24 - 1, 2**24 - 1)
+    runs = common.TRAINING_SEEDS // common.SCENES_PER_RUN
+    training_top = common.scene_seed(runs - 1, common.SCENES_PER_RUN - 1)
     assert training_top < common.TRAINING_SEEDS
     for base in (common.EVAL_SEED_BASE, evaluate.EVAL_SEED_BASE):
         assert common.TRAINING_SEEDS <= base and base + 2_000_000 < common.SEED_SPACE, base
