@@ -1,7 +1,8 @@
 //! CPU kernels for the operations where candle's generic path is slow or imprecise: fused
 //! attention (and Hiera's windowed attention), linear layers and two-layer MLPs, LayerNorm, GELU
 //! and convolutions (depthwise, and dense with stride 1), on contiguous f32 tensors; and the
-//! guided filter's window means on f64 planes and its application at the frame's resolution.
+//! guided filter's window means on f64 planes and its application at the frame's resolution;
+//! separable resampling by taps.
 //!
 //! The callers in `nn.rs` use them on the CPU for f32 and fall back to plain tensor arithmetic
 //! for other dtypes and devices, so these are fast paths, never the only path.
@@ -14,6 +15,7 @@ mod linear;
 mod matmul;
 mod mlp;
 mod ops;
+mod resample;
 mod simd;
 mod window_attention;
 
@@ -23,7 +25,10 @@ pub(crate) use conv::Conv2dTaps;
 pub(crate) use guided_apply::GuidedApply;
 pub(crate) use linear::{Epilogue, FusedLinear};
 pub(crate) use mlp::FusedMlp;
-pub(crate) use ops::{DepthwiseConv2d, GeluErf, LayerNormChannels, LayerNormLastDim};
+pub(crate) use ops::{
+    DepthwiseConv2d, GeluErf, LayerNormChannels, LayerNormLastDim, PlanarScaled,
+};
+pub(crate) use resample::SeparableResample;
 pub(crate) use window_attention::WindowAttention;
 
 use candle_core::{CpuStorage, Layout, Result, bail};

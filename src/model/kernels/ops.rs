@@ -108,6 +108,42 @@ impl CustomOp3 for LayerNormChannels {
     }
 }
 
+/// An interleaved u8 image [H, W, C] (contiguous) -> planar f32 [C, H, W], each value × `scale`:
+/// `ToTensor` in one pass (candle's permute, cast and scale are three, the first strided).
+pub(crate) struct PlanarScaled {
+    pub scale: f64,
+}
+
+impl CustomOp1 for PlanarScaled {
+    fn name(&self) -> &'static str {
+        "planar-scaled"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let CpuStorage::U8(data) = s else {
+            bail!("planar scaled: u8 expected");
+        };
+        let Some((start, end)) = l.contiguous_offsets() else {
+            bail!("planar scaled: contiguous input expected");
+        };
+        let (h, w, c) = l.shape().dims3()?;
+        let pixels = &data[start..end];
+        // The value candle's `x.to_dtype(F32) * scale` gives (`affine`: an f32 product, + 0).
+        let mul = self.scale as f32;
+        let lut: Vec<f32> = (0..=255u8).map(|v| v as f32 * mul + 0.0).collect();
+        let mut out = vec![0f32; c * h * w];
+        for (ch, plane) in out.chunks_mut(h * w).enumerate() {
+            plane.par_chunks_mut(w).enumerate().for_each(|(y, row)| {
+                let src = &pixels[y * w * c..(y + 1) * w * c];
+                for (d, px) in row.iter_mut().zip(src.chunks_exact(c)) {
+                    *d = lut[px[ch] as usize];
+                }
+            });
+        }
+        Ok((CpuStorage::F32(out), Shape::from((c, h, w))))
+    }
+}
+
 /// GELU with the exact (erf) form, as `nn.GELU()`.
 pub(crate) struct GeluErf;
 

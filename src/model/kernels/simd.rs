@@ -3,7 +3,8 @@
 //! The crate is built for the x86-64 baseline (so the plugin loads on any x86-64 machine); the
 //! hot loops below are compiled a second and third time with `target_feature`, and the widest
 //! version the CPU supports runs. Each body is plain Rust written so LLVM vectorises it: lane
-//! arrays instead of a scalar accumulator, no calls but `floor`.
+//! arrays instead of a scalar accumulator, no calls but `floor` and `mul_add` (an instruction
+//! where `fma` is enabled, a libm call in the baseline build).
 
 /// Defines `pub fn $name(..)` that runs `$body` compiled for the best x86-64 level available.
 macro_rules! multiversion {
@@ -203,6 +204,29 @@ multiversion! {
     pub fn axpy(dst: &mut [f32], src: &[f32], a: f32) {
         for (d, s) in dst.iter_mut().zip(src) {
             *d += a * s;
+        }
+    }
+}
+
+multiversion! {
+    /// `dst[i] = a · src[i] + dst[i]` with one rounding (a fused multiply-add), as the inner
+    /// loop of a matrix product accumulates.
+    pub fn fused_axpy(dst: &mut [f32], src: &[f32], a: f32) {
+        for (d, s) in dst.iter_mut().zip(src) {
+            *d = s.mul_add(a, *d);
+        }
+    }
+}
+
+multiversion! {
+    /// `dst[o] = Σ_k weights[o·width + k] · src[starts[o] + k]`, accumulated from 0 in k order
+    /// with fused multiply-adds, as a matrix product's inner loop.
+    pub fn taps_dot(dst: &mut [f32], src: &[f32], starts: &[usize], weights: &[f32], width: usize) {
+        for ((d, &start), w) in dst.iter_mut().zip(starts).zip(weights.chunks_exact(width)) {
+            *d = w
+                .iter()
+                .zip(&src[start..start + width])
+                .fold(0.0, |sum, (w, v)| v.mul_add(*w, sum));
         }
     }
 }
