@@ -194,7 +194,10 @@ impl Resampler {
     ) -> Result<Self> {
         let wy = weight_matrix(filter, in_h, out_h);
         let wx = weight_matrix(filter, in_w, out_w);
-        let (rows, cols) = (LineTaps::from_matrix(&wy, in_h), LineTaps::from_matrix(&wx, in_w));
+        let (rows, cols) = (
+            LineTaps::from_matrix(&wy, in_h),
+            LineTaps::from_matrix(&wx, in_w),
+        );
         let matrices = if device.is_cpu() {
             None
         } else {

@@ -73,8 +73,18 @@ mod tests {
         let (h, w) = (37, 53);
         let pixels: Vec<u8> = (0..h * w * 3).map(|i| (i * 7 % 256) as u8).collect();
         let rgb = Tensor::from_vec(pixels, (h, w, 3), &Device::Cpu).unwrap();
-        let fast: Vec<f32> = rgb_to_unit(&rgb).unwrap().flatten_all().unwrap().to_vec1().unwrap();
-        let slow = (rgb.permute((2, 0, 1)).unwrap().to_dtype(DType::F32).unwrap() / 255.0)
+        let fast: Vec<f32> = rgb_to_unit(&rgb)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let slow = (rgb
+            .permute((2, 0, 1))
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap()
+            / 255.0)
             .unwrap()
             .unsqueeze(0)
             .unwrap();
