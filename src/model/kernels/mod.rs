@@ -4,8 +4,9 @@
 //! guided filter's window means on f64 planes and its application at the frame's resolution;
 //! separable resampling by taps.
 //!
-//! The callers in `nn.rs` use them on the CPU for f32 and fall back to plain tensor arithmetic
-//! for other dtypes and devices, so these are fast paths, never the only path.
+//! The callers (`nn.rs` and the model's modules) use them on the CPU and fall back to plain
+//! tensor arithmetic on other devices, so these are fast paths, never the only path. Most take
+//! f32 only and fall back for other dtypes too; resampling computes any dtype in f32 on the CPU.
 
 mod attention;
 mod box_filter;
