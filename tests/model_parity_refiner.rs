@@ -33,6 +33,8 @@ struct Case {
     #[serde(rename = "box")]
     bbox: Option<[f32; 4]>,
     mask_from: Option<String>,
+    /// A mask prompt of this logit everywhere.
+    mask_fill: Option<f32>,
     multimask: bool,
 }
 
@@ -146,11 +148,24 @@ fn expected() -> std::collections::HashMap<String, Tensor> {
     .unwrap()
 }
 
+/// The click rules of the image path (both on by default), to show that each one matters.
+#[derive(Debug, Clone, Copy)]
+struct ClickRules {
+    pin_clicks: bool,
+    click_guard: bool,
+}
+
+const DEFAULT_RULES: ClickRules = ClickRules {
+    pin_clicks: true,
+    click_guard: true,
+};
+
 /// Every case's prediction by the engine, in order, handed to `visit` as (name, prediction);
 /// stops early when `visit` returns false.
 fn visit_cases(
     model: &Sam2Base,
     refiner: &Refiner,
+    rules: ClickRules,
     mut visit: impl FnMut(&str, &ImagePrediction) -> bool,
 ) {
     let image = RgbImage::read_png(&fixture_dir("refiner").join("frame.png")).unwrap();
@@ -161,6 +176,8 @@ fn visit_cases(
         let mode: RefineMode = case.mode.parse().unwrap();
         let predictor = predictors.entry(case.mode.clone()).or_insert_with(|| {
             let mut p = ImagePredictor::with_refiner(model, refiner, mode);
+            p.pin_clicks = rules.pin_clicks;
+            p.click_guard = rules.click_guard;
             p.set_image(&rgb).unwrap();
             p
         });
@@ -170,6 +187,9 @@ fn visit_cases(
             let best = previous.best_index().unwrap();
             let low_res = previous.low_res.get(best).unwrap();
             prompt.mask_input = Some(low_res.unsqueeze(0).unwrap().unsqueeze(0).unwrap());
+        } else if let Some(fill) = case.mask_fill {
+            let side = model.config.image_size / 4;
+            prompt.mask_input = Some(Tensor::full(fill, (1, 1, side, side), &Device::Cpu).unwrap());
         }
         assert_eq!(prompt.is_ambiguous(), case.multimask, "{}", case.name);
         let prediction = predictor.predict(&prompt, case.multimask).unwrap();
@@ -181,13 +201,20 @@ fn visit_cases(
     }
 }
 
+/// The click guard's decisions the reference recorded for case `name` (under `prefix`).
+fn recorded_kept(expected: &std::collections::HashMap<String, Tensor>, key: &str) -> Vec<bool> {
+    let kept = expected[&format!("{key}/kept_mask_prompt")].to_vec1::<u8>();
+    kept.unwrap().iter().map(|&k| k != 0).collect()
+}
+
 /// Whether every case matches the fixture (stopping at the first that does not).
-fn all_match(model: &Sam2Base, refiner: &Refiner) -> bool {
+fn all_match(model: &Sam2Base, refiner: &Refiner, rules: ClickRules) -> bool {
     let expected = expected();
     let mut all = true;
-    visit_cases(model, refiner, |name, p| {
+    visit_cases(model, refiner, rules, |name, p| {
         all = logits_match(&p.masks, &expected[&format!("{name}/masks")])
-            && logits_match(&p.iou, &expected[&format!("{name}/iou")]);
+            && logits_match(&p.iou, &expected[&format!("{name}/iou")])
+            && p.kept_mask_prompt == recorded_kept(&expected, name);
         all
     });
     all
@@ -198,7 +225,10 @@ fn the_refiner_matches_pytorch_in_every_mode() {
     let (model, base) = nano_model();
     let refiner = refiner(&base, None);
     let expected = expected();
-    visit_cases(&model, &refiner, |name, p| {
+    let mut kept = 0;
+    visit_cases(&model, &refiner, DEFAULT_RULES, |name, p| {
+        assert_eq!(p.kept_mask_prompt, recorded_kept(&expected, name), "{name}");
+        kept += p.kept_mask_prompt.iter().filter(|&&k| k).count();
         assert_logits_match(
             &format!("{name} masks"),
             &p.masks,
@@ -211,6 +241,8 @@ fn the_refiner_matches_pytorch_in_every_mode() {
         );
         true
     });
+    // The fixture has corrections the guard refuses, and others it lets through.
+    assert_eq!(kept, 2);
 }
 
 /// A refiner whose only live parts need no crops (the kind that ships) skips their encoder
@@ -223,14 +255,16 @@ fn a_refiner_that_reads_no_crops_matches_pytorch() {
     assert!(refiner_with(&base, &[(CROP_READERS[0], 0.0)]).reads_crops());
     let expected = expected();
     let mut compared = 0;
-    visit_cases(&model, &refiner, |name, p| {
-        if let Some(masks) = expected.get(&format!("filter_only/{name}/masks")) {
+    visit_cases(&model, &refiner, DEFAULT_RULES, |name, p| {
+        let key = format!("filter_only/{name}");
+        if let Some(masks) = expected.get(&format!("{key}/masks")) {
             assert_logits_match(&format!("{name} masks"), &p.masks, masks);
+            assert_eq!(p.kept_mask_prompt, recorded_kept(&expected, &key), "{name}");
             compared += 1;
         }
         true
     });
-    assert_eq!(compared, 6);
+    assert_eq!(compared, 9);
     let video = video_expected();
     for (t, logits) in tracked(
         &base,
@@ -320,8 +354,31 @@ fn every_refiner_path_is_caught_when_silenced() {
     ] {
         let refiner = refiner(&base, Some((pattern, 0.0)));
         assert!(
-            !all_match(&model, &refiner),
+            !all_match(&model, &refiner, DEFAULT_RULES),
             "the fixture still matches with {pattern} zeroed"
+        );
+    }
+}
+
+/// Each click rule changes the output: turned off, the fixture rejects it.
+#[test]
+fn each_click_rule_is_caught_when_turned_off() {
+    let (model, base) = nano_model();
+    let refiner = refiner(&base, None);
+    assert!(all_match(&model, &refiner, DEFAULT_RULES));
+    for rules in [
+        ClickRules {
+            pin_clicks: false,
+            ..DEFAULT_RULES
+        },
+        ClickRules {
+            click_guard: false,
+            ..DEFAULT_RULES
+        },
+    ] {
+        assert!(
+            !all_match(&model, &refiner, rules),
+            "the fixture still matches with {rules:?}"
         );
     }
 }

@@ -104,10 +104,12 @@ def session(predictor, gt: torch.Tensor) -> list[tuple[float, float]]:
 
 
 @torch.inference_mode()
-def evaluate(model, refiner, modes: list[str], images: int, frame_size: int) -> dict:
+def evaluate(model, refiner, modes: list[str], images: int, frame_size: int, pin_clicks=True, click_guard=True) -> dict:
     """{mode: {"click": [(iou, biou)], "box": [...], "session": [[(iou, biou)] * CLICKS]}}."""
     results = {mode: {"click": [], "box": [], "session": []} for mode in modes}
     predictors = {mode: RefinedImagePredictor(model, None if mode == "off" else refiner, mode) for mode in modes}
+    for predictor in predictors.values():
+        predictor.pin_clicks, predictor.click_guard = pin_clicks, click_guard
     for i in range(images):
         image, alpha = fine_scenes.random_fine_scene(EVAL_SEED_BASE + i, size=frame_size, still=True).render(0.0)
         frame = to_uint8(image)
@@ -186,6 +188,10 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--memory-mask", choices=MEMORY_MASKS, default="sam2",
                     help="video: what the memory encoder is fed, the refined mask or SAM 2's own")
+    ap.add_argument("--no-pin-clicks", action="store_true",
+                    help="refined modes: the guided filter sees the decoder's mask alone (for comparison)")
+    ap.add_argument("--no-click-guard", action="store_true",
+                    help="refined modes: corrections are never refused (for comparison)")
     ap.add_argument("--base-config", type=Path, default=CONFIG)
     ap.add_argument("--base-weights", type=Path, default=WEIGHTS)
     args = ap.parse_args()
@@ -197,7 +203,7 @@ def main() -> None:
     # else differs): quadrants is then not run again but reported as roi.
     shared = "quadrants" in args.modes and "roi" in args.modes and not refiner.reads_crops()
     run = [m for m in args.modes if not (shared and m == "quadrants")]
-    results = evaluate(model, refiner, run, args.images, 2 * model.image_size)
+    results = evaluate(model, refiner, run, args.images, 2 * model.image_size, not args.no_pin_clicks, not args.no_click_guard)
     video = evaluate_video(refiner, run, args.clips, args.frames, 2 * model.image_size, args.memory_mask) if args.clips else None
     if shared:
         print("this refiner reads no crops: quadrants takes roi's path, so its columns are roi's")

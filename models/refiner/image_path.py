@@ -5,6 +5,12 @@ encoding) and is what the parity fixtures record and what the evaluation runs. M
 predictor's output (logits upsampled straight from stride 4 to the frame); `quadrants` and `roi` run LA on
 crops of the frame, then PR and MR, whose output is brought to the frame's resolution with the frame
 itself (`RefinedMasks.at_frame`: the guided filter applies there).
+
+Two rules for clicks, beyond the paper, both on by default (`pin_clicks`, `click_guard`): the guided
+filter's input is pinned to each click's label around it (`refiner.pin_clicks`), and a correction (clicks
+with a mask prompt, the interactive loop) that honours fewer of the clicks than the mask it corrects is
+refused: the mask prompt's own mask, refined with the new pins, is returned instead (the click guard).
+Honouring is judged on the refined masks without their pins, at each click's pixel.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from sam2.sam2_image_predictor import SAM2ImagePredictor
 
-from refiner import LocalFeatures, Refiner
+from refiner import LocalFeatures, Refiner, clicks_honoured
 
 MODES = ("off", "quadrants", "roi")
 CELL = 16  # input pixels per image-embedding cell; crops start on this grid so every level lines up
@@ -123,6 +129,9 @@ class RefinedImagePredictor:
         # The official predictor assumes 1024 px (feature sizes 256, 128, 64): give it the model's.
         self.official._bb_feat_sizes = [(model.image_size // s,) * 2 for s in (4, 8, 16)]
         self.frame: np.ndarray | None = None
+        self.pin_clicks = True  # the guided filter's input holds each click's label around it
+        self.click_guard = True  # a correction that honours fewer clicks than its mask prompt is refused
+        self.kept_mask_prompt: list[bool] = []  # per mask of the last prediction: the guard refused it
 
     @torch.inference_mode()
     def set_image(self, frame: np.ndarray) -> None:
@@ -169,13 +178,28 @@ class RefinedImagePredictor:
                 sparse, dense, coords, labs, features[2], mask, stride=float(CELL)
             )
         (low, iou, _, _), upscaled = decode(model, features, sparse, dense, multimask_output)
+        k = low.shape[1]
+        self.kept_mask_prompt = [False] * k
         if self.mode == "off":
             full = F.interpolate(low, size=(h, w), mode="bilinear", align_corners=False)
-        else:
-            local_s2, coverage = stride2_local(local, s) if local is not None else (None, None)
-            refined = self.refiner.mask_refinement(low, upscaled, self.input, local_s2, coverage)
-            full = refined.at_frame(torch.from_numpy(self.frame).permute(2, 0, 1).float()[None] / 255)
-        return full[0], iou[0], low[0].clamp(-32, 32)
+            return full[0], iou[0], low[0].clamp(-32, 32)
+        clicks = (coords[0], labs[0])
+        guard = self.click_guard and mask is not None and any(int(l) in (0, 1) for l in labs[0])
+        # Guarded, the mask prompt is refined beside the decoder's masks, as one more candidate.
+        candidates = torch.cat([low, mask], 1) if guard else low
+        local_s2, coverage = stride2_local(local, s) if local is not None else (None, None)
+        refined = self.refiner.mask_refinement(
+            candidates, upscaled, self.input, local_s2, coverage, clicks if self.pin_clicks else None, guard
+        )
+        full = refined.at_frame(torch.from_numpy(self.frame).permute(2, 0, 1).float()[None] / 255)[0]
+        low = low[0].clamp(-32, 32)
+        if guard:
+            honoured = clicks_honoured(refined.unpinned[0], *clicks)
+            kept = honoured[:k] < honoured[k]
+            self.kept_mask_prompt = kept.tolist()
+            full = torch.where(kept[:, None, None], full[k:], full[:k])
+            low = torch.where(kept[:, None, None], mask[0].clamp(-32, 32), low)
+        return full, iou[0], low
 
     def roi_box_for(self, points, labels, box, mask_input, multimask_output):
         """ROI mode's window for a prompt: its box, else the box of the plain SAM 2 mask (the best

@@ -10,7 +10,8 @@ the input size and the frame is not square. Writes `tests/fixtures/refiner/`: `f
 
 The video path: the official video predictor with the refiner in its SAM heads (`video_path.py`), one click
 on frame 0 of a moving fine-structure clip at 192×256, tracked over frames 1 to 3, in each mode and with
-either mask fed to the memory: `video/NNNN.png` and `video.safetensors`. Image and video cases are also
+either mask fed to the memory: `video/NNNN.png` and `video.safetensors`. Image cases record the click guard's
+decisions (`kept_mask_prompt`) beside the masks: one correction it lets through, two it refuses. Image and video cases are also
 recorded with the crops' readers silenced (`filter_only/`: LA's gates and the MR cascade zeroed, PR and the
 guided filter live), the path where the engine skips the crops' encoder passes. The clip is declared 16 frames
 long (only the first 4 are run): the official predictor normalises pointer distances by
@@ -124,6 +125,9 @@ def record_image_cases(model, refiner: Refiner, frame: np.ndarray, cases: list[d
         if "mask_from" in case:
             prev = low_res[case["mask_from"]]
             mask_input = prev[int(torch.argmax(expected[f"{prefix}{case['mask_from']}/iou"]))][None]
+        elif "mask_fill" in case:
+            side = model.image_size // 4
+            mask_input = torch.full((1, side, side), float(case["mask_fill"]))
         # As the engine: one click alone is ambiguous (three candidates), anything else one mask.
         case["multimask"] = len(case.get("points", [])) == 1 and "box" not in case and mask_input is None
         masks_out, iou, low = predictors[mode].predict(
@@ -131,6 +135,7 @@ def record_image_cases(model, refiner: Refiner, frame: np.ndarray, cases: list[d
         )
         expected[f"{prefix}{case['name']}/masks"] = masks_out.float()
         expected[f"{prefix}{case['name']}/iou"] = iou.float()
+        expected[f"{prefix}{case['name']}/kept_mask_prompt"] = torch.tensor(predictors[mode].kept_mask_prompt, dtype=torch.uint8)
         low_res[case["name"]] = low
     return expected
 
@@ -158,8 +163,15 @@ def main() -> None:
         {"name": "quadrants_box", "mode": "quadrants", "box": box},
         {"name": "quadrants_clicks_and_box", "mode": "quadrants", "points": [other, click], "labels": [1, 0], "box": box},
         {"name": "quadrants_click_and_mask", "mode": "quadrants", "points": [click], "labels": [1], "mask_from": "quadrants_click"},
+        # A correction the click guard lets through, and one it refuses: a mask prompt that is
+        # foreground everywhere honours clicks on the background that the decoder's mask does not.
+        {"name": "quadrants_correction", "mode": "quadrants", "points": [click, [click[0] + 6, click[1]]], "labels": [1, 0],
+         "mask_from": "quadrants_click"},
+        {"name": "quadrants_guard_keeps", "mode": "quadrants", "points": [click, other, [5.0, 5.0]], "labels": [1, 1, 1],
+         "mask_fill": 5.0},
         {"name": "roi_box", "mode": "roi", "box": box},
         {"name": "roi_click", "mode": "roi", "points": [click], "labels": [1]},
+        {"name": "roi_guard_keeps", "mode": "roi", "points": [click, other, [5.0, 5.0]], "labels": [1, 1, 1], "mask_fill": 5.0},
         {"name": "off_click", "mode": "off", "points": [click], "labels": [1]},
     ]
     expected = record_image_cases(model, refiner, frame, cases, "")

@@ -38,6 +38,10 @@ the memory conditioning already applied) and the two high-resolution levels afte
   frame's resolution ("fast guided filter", He and Sun 2015). It moves the mask onto the image's colour
   edges and brings back strands and holes the stride-4 mask never had. It enters through a learned gate
   that starts at zero: output = SAM 2 + gate × (filtered − SAM 2) + the cascade's corrections.
+  Clicks are pinned in the filter's input: within S/32 of each click the mask is the click's label
+  (`pin_clicks`). The filter fits the mask to the colours around it, and a stride-4 mask that missed a
+  click would otherwise teach the filter the wrong colour there: pinned, the user's click is what it
+  learns from. This is not trained; a 1 to 10 click evaluation chose the radius (the model card).
 
 The refiner file is a safetensors file of these modules' parameters, with metadata naming the base it was
 trained on (its config and a hash of its weights, `base_weights_hash`): the engine refuses it on another base.
@@ -67,6 +71,7 @@ BOX_GRID = 4  # PR: samples per side of the grid averaged inside a box
 GUIDED_RADIUS_DIVISOR = 8  # MR's guided filter: window radius S / 8 input pixels (32 for nano)
 GUIDED_EPS = 1e-4  # its ridge, for a guide in [0, 1]
 GUIDED_CLAMP = 1e-4  # its output is a probability, clamped to [c, 1 - c] before the logit (±9.2)
+CLICK_PIN_DIVISOR = 32  # its input is pinned to each click's label within S / 32 input pixels (8 for nano)
 FORMAT = "sam2refiner-refiner/1"
 
 
@@ -319,6 +324,34 @@ def guided_logits(a: torch.Tensor, b: torch.Tensor, guide: torch.Tensor) -> torc
     return torch.logit(q.clamp(GUIDED_CLAMP, 1 - GUIDED_CLAMP))
 
 
+def pin_clicks(p: torch.Tensor, coords: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """p [N, 1, S, S] with each click's label (1 positive, 0 negative; other labels, box corners and
+    padding, are not clicks) written where a pixel's centre is within S / CLICK_PIN_DIVISOR of it, later
+    clicks over earlier ones. `coords` [M, 2] in input pixels, `labels` [M]. In float32, as the engine."""
+    size = p.shape[-1]
+    radius = float(size // CLICK_PIN_DIVISOR)
+    centres = torch.arange(size, dtype=torch.float32) + 0.5
+    out = p.clone()
+    for (x, y), label in zip(coords.float().tolist(), labels.tolist()):
+        if label in (0, 1):
+            dx = (centres - torch.tensor(x, dtype=torch.float32)) ** 2
+            dy = (centres - torch.tensor(y, dtype=torch.float32)) ** 2
+            out[..., dy[:, None] + dx[None, :] <= radius * radius] = float(label)
+    return out
+
+
+def clicks_honoured(logits: torch.Tensor, coords: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """For masks [K, S, S] of logits, how many clicks each honours [K]: a positive click's pixel > 0,
+    a negative click's <= 0. A click's pixel is its input coordinates floored, inside the input."""
+    size = logits.shape[-1]
+    honoured = torch.zeros(logits.shape[0], dtype=torch.int64)
+    for (x, y), label in zip(coords.float().tolist(), labels.tolist()):
+        if label in (0, 1):
+            col, row = (min(max(int(math.floor(v)), 0), size - 1) for v in (x, y))
+            honoured += ((logits[:, row, col] > 0) == bool(label)).long()
+    return honoured
+
+
 def unnormalise(image: torch.Tensor) -> torch.Tensor:
     """The model input [B, 3, S, S] back to [0, 1] colour."""
     mean = torch.tensor([0.485, 0.456, 0.406], device=image.device)[:, None, None]
@@ -336,6 +369,7 @@ class RefinedMasks:
     base: torch.Tensor  # [B, K, S, S]: (1 - gate) × SAM 2's logits + the cascade's corrections
     gate: torch.Tensor  # [1]
     coefficients: Optional[tuple[torch.Tensor, torch.Tensor]]  # the guided filter's a [B*K, 3, S, S], b [B*K, 1, S, S]
+    unpinned: Optional[torch.Tensor] = None  # [B, K, S, S]: `logits` as if no click were pinned, when asked for
 
     def at_frame(self, frame: torch.Tensor) -> torch.Tensor:
         """[B, K, H, W] logits for frames [B, 3, H, W] in [0, 1]: the base upsampled bilinearly, plus
@@ -371,21 +405,25 @@ class MaskRefinement(nn.Module):
         `cascade_is_silent`), and its inputs, the crops' features among them, go unread."""
         return all(not bool(d.weight.any()) and not bool(d.bias.any()) for d in (self.delta_s2, self.delta_s1))
 
-    def forward(self, low_res, upscaled, image, local_s2, coverage) -> RefinedMasks:
+    def forward(self, low_res, upscaled, image, local_s2, coverage, clicks=None, keep_unpinned=False) -> RefinedMasks:
         """The refined masks for the decoder's K masks per prompt.
 
         low_res [B, K, 4G, 4G]: the decoder's logits; upscaled [B, 32, 4G, 4G]: its upscaled embedding;
         image [B, 3, S, S]: the normalised input; local_s2 [B, 32, 8G, 8G]: LA's stitched stride-4 local
         features (zeros where no crop covers); coverage [B, 1, 8G, 8G]: 1 where a crop covers. The last
         two are None when the refiner reads no crops (`Refiner.reads_crops`); the cascade is then silent
-        and skipped."""
+        and skipped. `clicks`: (coords [M, 2] in input pixels, labels [M]) pinned in the guided filter's
+        input of every mask (`pin_clicks`); `keep_unpinned` also gives the logits without the pins."""
         b, k, h4, _ = low_res.shape
         size = image.shape[-1]
         masks = low_res.reshape(b * k, 1, h4, h4)
         sam = upsample(masks, size)  # SAM 2's own full-size logits
         gate = self.guided_gate
         guide = unnormalise(image).repeat_interleave(k, 0)
-        coefficients = guided_coefficients(guide, sam.sigmoid(), size // GUIDED_RADIUS_DIVISOR, GUIDED_EPS)
+        radius = size // GUIDED_RADIUS_DIVISOR
+        p = sam.sigmoid()
+        pinned = p if clicks is None else pin_clicks(p, *clicks)
+        coefficients = guided_coefficients(guide, pinned, radius, GUIDED_EPS)
         if local_s2 is None:
             if not self.cascade_is_silent():
                 raise ValueError("a live cascade reads the crops' features: pass local_s2 and coverage")
@@ -394,7 +432,12 @@ class MaskRefinement(nn.Module):
             delta_s2, delta_s1 = self.cascade(masks, upscaled, image, local_s2, coverage, k, size)
             base = (1 - gate) * sam + delta_s2 + delta_s1
         logits = base + gate * guided_logits(*coefficients, guide)
-        return RefinedMasks(logits.reshape(b, k, size, size), base.reshape(b, k, size, size), gate, coefficients)
+        unpinned = None
+        if keep_unpinned:
+            unpinned = logits if clicks is None else base + gate * guided_logits(*guided_coefficients(guide, p, radius, GUIDED_EPS), guide)
+            unpinned = unpinned.reshape(b, k, size, size)
+        shape = (b, k, size, size)
+        return RefinedMasks(logits.reshape(shape), base.reshape(shape), gate, coefficients, unpinned)
 
     def cascade(self, masks, upscaled, image, local_s2, coverage, k: int, size: int):
         """The cascade's logit corrections at stride 2 (upsampled) and stride 1, each [B*K, 1, S, S], for

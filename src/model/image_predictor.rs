@@ -1,10 +1,19 @@
 //! The image path (`sam2/sam2_image_predictor.py`): one image, embedded once, then masks for
 //! any number of prompts; with a refiner, its modules in between (as
 //! `models/refiner/image_path.py`).
+//!
+//! With a refiner, two rules for clicks (both on by default, each a field to turn off): the
+//! guided filter's input holds each click's label around it (`pin_clicks`), and a correction
+//! (clicks with a mask prompt: the interactive loop) whose refined mask honours fewer of the
+//! clicks than the mask prompt's own mask, refined alike, is refused: that mask is returned
+//! instead, with the new click's pin (`click_guard`). Honouring is judged on the refined masks
+//! without pins, at each click's pixel. Together they keep a click curve from falling where the
+//! decoder alone lets a later click undo earlier ones (the model card's "The click curve").
 
 use candle_core::{DType, Result, Tensor, bail};
 
 use super::fill_holes::replace_small_regions;
+use super::refiner::clicks::{self, Click};
 use super::refiner::crops::{self, CELL, LocalFeatures};
 use super::refiner::{RefineMode, Refiner};
 use super::sam::prompt_encoder::PointInputs;
@@ -54,6 +63,9 @@ pub struct ImagePrediction {
     pub low_res: Tensor,
     /// Whether the refiner refined `masks`.
     pub refined: bool,
+    /// Per mask, whether the click guard refused the decoder's mask and returned the mask
+    /// prompt's (then `masks` and `low_res` are the mask prompt's, `iou` still the decoder's).
+    pub kept_mask_prompt: Vec<bool>,
 }
 
 impl ImagePrediction {
@@ -92,6 +104,10 @@ pub struct ImagePredictor<'a> {
     pub max_hole_area: usize,
     /// Remove foreground specks of up to this many low-res pixels (0: off, the official default).
     pub max_sprinkle_area: usize,
+    /// Refining, pin each click's label in the guided filter's input around it.
+    pub pin_clicks: bool,
+    /// Refining, refuse a correction that honours fewer clicks than the mask prompt's mask.
+    pub click_guard: bool,
 }
 
 impl<'a> ImagePredictor<'a> {
@@ -102,6 +118,8 @@ impl<'a> ImagePredictor<'a> {
             features: None,
             max_hole_area: 0,
             max_sprinkle_area: 0,
+            pin_clicks: true,
+            click_guard: true,
         }
     }
 
@@ -209,6 +227,7 @@ impl<'a> ImagePredictor<'a> {
         }
         coords.extend(prompt.points.iter().map(|&p| to_input(p)));
         labels.extend(prompt.labels.iter().map(|&l| l as f32));
+        let clicks = Click::from_points(&coords, &labels);
         let points = if coords.is_empty() {
             None
         } else {
@@ -282,28 +301,65 @@ impl<'a> ImagePredictor<'a> {
             high_res.as_ref().map(|(a, b)| (a, b)),
         )?;
         let low_res = decoded.masks.to_dtype(DType::F32)?.squeeze(0)?; // [K, 4h, 4w]
+        let k = low_res.dim(0)?;
         let cleaned = self.clean_small_regions(&low_res)?;
-        let masks = match &refine {
-            None => upsample_logits(&cleaned, (h, w))?,
-            Some((refiner, inputs, local)) => {
-                let local = match local {
-                    Some(l) => Some(crops::stride2_local(l, model.config.image_size)?),
-                    None => None,
-                };
-                let refined = refiner.mask_refinement.forward(
-                    &cleaned.unsqueeze(0)?.to_dtype(dtype)?,
-                    &decoded.upscaled,
-                    &inputs.input,
-                    local.as_ref().map(|(l, c)| (l, c)),
-                )?;
-                refined.at_frame(&rgb_to_unit(&inputs.rgb)?)?.squeeze(0)?
-            }
+        let iou = decoded.iou.to_dtype(DType::F32)?.squeeze(0)?;
+        let low_res = low_res.clamp(-32f32, 32f32)?;
+        let Some((refiner, inputs, local)) = &refine else {
+            return Ok(ImagePrediction {
+                masks: upsample_logits(&cleaned, (h, w))?,
+                iou,
+                low_res,
+                refined: false,
+                kept_mask_prompt: vec![false; k],
+            });
         };
+        let local = match local {
+            Some(l) => Some(crops::stride2_local(l, model.config.image_size)?),
+            None => None,
+        };
+        // Guarded, the mask prompt is refined beside the decoder's masks, as one more candidate.
+        let guarded = match &mask_input {
+            Some(mask) if self.click_guard && !clicks.is_empty() => Some(mask),
+            _ => None,
+        };
+        let cleaned = cleaned.unsqueeze(0)?.to_dtype(dtype)?;
+        let candidates = match guarded {
+            Some(mask) => Tensor::cat(&[&cleaned, mask], 1)?,
+            None => cleaned,
+        };
+        let refined = refiner.mask_refinement.forward(
+            &candidates,
+            &decoded.upscaled,
+            &inputs.input,
+            local.as_ref().map(|(l, c)| (l, c)),
+            if self.pin_clicks { &clicks } else { &[] },
+            guarded.is_some(),
+        )?;
+        let masks = refined.at_frame(&rgb_to_unit(&inputs.rgb)?)?.squeeze(0)?;
+        let (Some(mask), Some(unpinned)) = (guarded, &refined.unpinned) else {
+            return Ok(ImagePrediction {
+                masks,
+                iou,
+                low_res,
+                refined: true,
+                kept_mask_prompt: vec![false; k],
+            });
+        };
+        let honoured = clicks::honoured(&unpinned.squeeze(0)?, &clicks)?;
+        let kept: Vec<bool> = honoured[..k].iter().map(|&n| n < honoured[k]).collect();
+        let picks: Vec<u32> = (0..k).map(|i| if kept[i] { k } else { i } as u32).collect();
+        let picks = Tensor::from_vec(picks, k, masks.device())?;
+        let mask = mask
+            .squeeze(0)?
+            .to_dtype(DType::F32)?
+            .clamp(-32f32, 32f32)?;
         Ok(ImagePrediction {
-            masks,
-            iou: decoded.iou.to_dtype(DType::F32)?.squeeze(0)?,
-            low_res: low_res.clamp(-32f32, 32f32)?,
-            refined: refine.is_some(),
+            masks: masks.index_select(&picks, 0)?,
+            iou,
+            low_res: Tensor::cat(&[&low_res, &mask], 0)?.index_select(&picks, 0)?,
+            refined: true,
+            kept_mask_prompt: kept,
         })
     }
 

@@ -438,6 +438,8 @@ impl Sam2Base {
                         .broadcast_as(step.image.dims4().map(|(_, c, h, w)| (b, c, h, w))?)?
                         .contiguous()?,
                     local.as_ref().map(|(l, c)| (l, c)),
+                    &[],
+                    false,
                 )?;
                 let logits = &refined.logits;
                 let absent = Tensor::full(NO_OBJ_SCORE, (), &self.device)?

@@ -8,6 +8,7 @@
 //! metadata naming the base it was trained on (config, and a hash of the base's weights): it
 //! refuses to load on any other base.
 
+pub mod clicks;
 pub mod crops;
 pub mod guided_filter;
 mod localization_augment;
@@ -22,6 +23,7 @@ use std::str::FromStr;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
+pub use clicks::Click;
 pub use crops::{LocalFeatures, crop_bounds, local_features, quadrant_origins, roi_origin};
 pub use localization_augment::LocalizationAugment;
 pub use mask_refinement::{MaskRefinement, RefinedMasks};
