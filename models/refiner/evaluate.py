@@ -192,6 +192,8 @@ def main() -> None:
                     help="refined modes: the guided filter sees the decoder's mask alone (for comparison)")
     ap.add_argument("--no-click-guard", action="store_true",
                     help="refined modes: corrections are never refused (for comparison)")
+    ap.add_argument("--sessions-out", type=Path,
+                    help="save each mode's click sessions, [objects, clicks, (IoU, boundary IoU)], to this .npz")
     ap.add_argument("--base-config", type=Path, default=CONFIG)
     ap.add_argument("--base-weights", type=Path, default=WEIGHTS)
     args = ap.parse_args()
@@ -205,6 +207,8 @@ def main() -> None:
     run = [m for m in args.modes if not (shared and m == "quadrants")]
     results = evaluate(model, refiner, run, args.images, 2 * model.image_size, not args.no_pin_clicks, not args.no_click_guard)
     video = evaluate_video(refiner, run, args.clips, args.frames, 2 * model.image_size, args.memory_mask) if args.clips else None
+    if args.sessions_out:
+        np.savez(args.sessions_out, **{m: np.array(results[m]["session"]) for m in run})
     if shared:
         print("this refiner reads no crops: quadrants takes roi's path, so its columns are roi's")
         results["quadrants"] = results["roi"]

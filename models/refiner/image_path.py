@@ -7,10 +7,13 @@ crops of the frame, then PR and MR, whose output is brought to the frame's resol
 itself (`RefinedMasks.at_frame`: the guided filter applies there).
 
 Two rules for clicks, beyond the paper, both on by default (`pin_clicks`, `click_guard`): the guided
-filter's input is pinned to each click's label around it (`refiner.pin_clicks`), and a correction (clicks
-with a mask prompt, the interactive loop) that honours fewer of the clicks than the mask it corrects is
-refused: the mask prompt's own mask, refined with the new pins, is returned instead (the click guard).
-Honouring is judged on the refined masks without their pins, at each click's pixel.
+filter's input is pinned to each click's label around it (`refiner.pin_clicks`), and a correction is
+refused when it honours fewer of the clicks than the mask it corrects (the click guard). A correction is
+clicks with a mask prompt, as the interactive loop sends them: the previous prediction's low-resolution
+logits, for the same clicks but the newest (the last). Refined with the pins of those clicks, the mask
+prompt is the previous output (up to the mask prompt's clamp at ±32); the decoder's mask, refined with
+every pin, is the new one; each is read at every click's pixel of its refined logits at S. When the new
+honours fewer, the previous output and mask prompt are returned unchanged.
 """
 
 from __future__ import annotations
@@ -184,20 +187,21 @@ class RefinedImagePredictor:
             full = F.interpolate(low, size=(h, w), mode="bilinear", align_corners=False)
             return full[0], iou[0], low[0].clamp(-32, 32)
         clicks = (coords[0], labs[0])
-        guard = self.click_guard and mask is not None and any(int(l) in (0, 1) for l in labs[0])
-        # Guarded, the mask prompt is refined beside the decoder's masks, as one more candidate.
-        candidates = torch.cat([low, mask], 1) if guard else low
+        pins = clicks if self.pin_clicks else None
         local_s2, coverage = stride2_local(local, s) if local is not None else (None, None)
-        refined = self.refiner.mask_refinement(
-            candidates, upscaled, self.input, local_s2, coverage, clicks if self.pin_clicks else None, guard
-        )
-        full = refined.at_frame(torch.from_numpy(self.frame).permute(2, 0, 1).float()[None] / 255)[0]
+        mr = self.refiner.mask_refinement
+        refined = mr(low, upscaled, self.input, local_s2, coverage, pins)
+        frame = torch.from_numpy(self.frame).permute(2, 0, 1).float()[None] / 255
+        full = refined.at_frame(frame)[0]
         low = low[0].clamp(-32, 32)
-        if guard:
-            honoured = clicks_honoured(refined.unpinned[0], *clicks)
-            kept = honoured[:k] < honoured[k]
+        is_click = [int(l) in (0, 1) for l in labs[0]]
+        if self.click_guard and mask is not None and any(is_click):
+            newest = max(i for i, c in enumerate(is_click) if c)
+            before = [i for i in range(len(is_click)) if i != newest]
+            previous = mr(mask, upscaled, self.input, local_s2, coverage, (coords[0][before], labs[0][before]) if pins else None)
+            kept = clicks_honoured(refined.logits[0], *clicks) < clicks_honoured(previous.logits[0], *clicks)
             self.kept_mask_prompt = kept.tolist()
-            full = torch.where(kept[:, None, None], full[k:], full[:k])
+            full = torch.where(kept[:, None, None], previous.at_frame(frame)[0], full)
             low = torch.where(kept[:, None, None], mask[0].clamp(-32, 32), low)
         return full, iou[0], low
 

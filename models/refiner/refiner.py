@@ -369,7 +369,6 @@ class RefinedMasks:
     base: torch.Tensor  # [B, K, S, S]: (1 - gate) × SAM 2's logits + the cascade's corrections
     gate: torch.Tensor  # [1]
     coefficients: Optional[tuple[torch.Tensor, torch.Tensor]]  # the guided filter's a [B*K, 3, S, S], b [B*K, 1, S, S]
-    unpinned: Optional[torch.Tensor] = None  # [B, K, S, S]: `logits` as if no click were pinned, when asked for
 
     def at_frame(self, frame: torch.Tensor) -> torch.Tensor:
         """[B, K, H, W] logits for frames [B, 3, H, W] in [0, 1]: the base upsampled bilinearly, plus
@@ -405,7 +404,7 @@ class MaskRefinement(nn.Module):
         `cascade_is_silent`), and its inputs, the crops' features among them, go unread."""
         return all(not bool(d.weight.any()) and not bool(d.bias.any()) for d in (self.delta_s2, self.delta_s1))
 
-    def forward(self, low_res, upscaled, image, local_s2, coverage, clicks=None, keep_unpinned=False) -> RefinedMasks:
+    def forward(self, low_res, upscaled, image, local_s2, coverage, clicks=None) -> RefinedMasks:
         """The refined masks for the decoder's K masks per prompt.
 
         low_res [B, K, 4G, 4G]: the decoder's logits; upscaled [B, 32, 4G, 4G]: its upscaled embedding;
@@ -413,17 +412,15 @@ class MaskRefinement(nn.Module):
         features (zeros where no crop covers); coverage [B, 1, 8G, 8G]: 1 where a crop covers. The last
         two are None when the refiner reads no crops (`Refiner.reads_crops`); the cascade is then silent
         and skipped. `clicks`: (coords [M, 2] in input pixels, labels [M]) pinned in the guided filter's
-        input of every mask (`pin_clicks`); `keep_unpinned` also gives the logits without the pins."""
+        input of every mask (`pin_clicks`)."""
         b, k, h4, _ = low_res.shape
         size = image.shape[-1]
         masks = low_res.reshape(b * k, 1, h4, h4)
         sam = upsample(masks, size)  # SAM 2's own full-size logits
         gate = self.guided_gate
         guide = unnormalise(image).repeat_interleave(k, 0)
-        radius = size // GUIDED_RADIUS_DIVISOR
-        p = sam.sigmoid()
-        pinned = p if clicks is None else pin_clicks(p, *clicks)
-        coefficients = guided_coefficients(guide, pinned, radius, GUIDED_EPS)
+        p = sam.sigmoid() if clicks is None else pin_clicks(sam.sigmoid(), *clicks)
+        coefficients = guided_coefficients(guide, p, size // GUIDED_RADIUS_DIVISOR, GUIDED_EPS)
         if local_s2 is None:
             if not self.cascade_is_silent():
                 raise ValueError("a live cascade reads the crops' features: pass local_s2 and coverage")
@@ -432,12 +429,8 @@ class MaskRefinement(nn.Module):
             delta_s2, delta_s1 = self.cascade(masks, upscaled, image, local_s2, coverage, k, size)
             base = (1 - gate) * sam + delta_s2 + delta_s1
         logits = base + gate * guided_logits(*coefficients, guide)
-        unpinned = None
-        if keep_unpinned:
-            unpinned = logits if clicks is None else base + gate * guided_logits(*guided_coefficients(guide, p, radius, GUIDED_EPS), guide)
-            unpinned = unpinned.reshape(b, k, size, size)
         shape = (b, k, size, size)
-        return RefinedMasks(logits.reshape(shape), base.reshape(shape), gate, coefficients, unpinned)
+        return RefinedMasks(logits.reshape(shape), base.reshape(shape), gate, coefficients)
 
     def cascade(self, masks, upscaled, image, local_s2, coverage, k: int, size: int):
         """The cascade's logit corrections at stride 2 (upsampled) and stride 1, each [B*K, 1, S, S], for

@@ -3,12 +3,15 @@
 //! `models/refiner/image_path.py`).
 //!
 //! With a refiner, two rules for clicks (both on by default, each a field to turn off): the
-//! guided filter's input holds each click's label around it (`pin_clicks`), and a correction
-//! (clicks with a mask prompt: the interactive loop) whose refined mask honours fewer of the
-//! clicks than the mask prompt's own mask, refined alike, is refused: that mask is returned
-//! instead, with the new click's pin (`click_guard`). Honouring is judged on the refined masks
-//! without pins, at each click's pixel. Together they keep a click curve from falling where the
-//! decoder alone lets a later click undo earlier ones (the model card's "The click curve").
+//! guided filter's input holds each click's label around it (`pin_clicks`), and a correction is
+//! refused when it honours fewer of the clicks than the mask it corrects (`click_guard`). A
+//! correction is clicks with a mask prompt, as the interactive loop sends them: the previous
+//! prediction's `low_res`, for the same clicks but the newest (the last). Refined with those
+//! clicks' pins, the mask prompt is the previous output (up to its clamp at ±32); the decoder's
+//! mask refined with every pin is the new one; each is read at every click's pixel of its
+//! refined logits at S. When the new honours fewer, the previous output and mask prompt come
+//! back unchanged. Together the rules keep the click curve from falling where a later click
+//! would undo earlier ones (the refiner's model card, "The click curve").
 
 use candle_core::{DType, Result, Tensor, bail};
 
@@ -63,8 +66,8 @@ pub struct ImagePrediction {
     pub low_res: Tensor,
     /// Whether the refiner refined `masks`.
     pub refined: bool,
-    /// Per mask, whether the click guard refused the decoder's mask and returned the mask
-    /// prompt's (then `masks` and `low_res` are the mask prompt's, `iou` still the decoder's).
+    /// Per mask, whether the click guard refused the correction and returned the previous
+    /// output (then `masks` and `low_res` are the mask prompt's, `iou` still the decoder's).
     pub kept_mask_prompt: Vec<bool>,
 }
 
@@ -72,6 +75,22 @@ impl ImagePrediction {
     /// The index of the mask with the highest predicted IoU.
     pub fn best_index(&self) -> Result<usize> {
         Ok(self.iou.argmax(0)?.to_scalar::<u32>()? as usize)
+    }
+
+    /// The click guard's refusal: each mask marked in `kept_mask_prompt` replaced by the previous
+    /// output `masks` [1, H, W], and its `low_res` by the mask prompt [1, 4h, 4w].
+    fn keep_previous(&mut self, masks: &Tensor, mask_prompt: &Tensor) -> Result<()> {
+        let pick =
+            |kept: bool, new: Tensor, previous: &Tensor| if kept { previous.clone() } else { new };
+        let mut out_masks = Vec::new();
+        let mut out_low = Vec::new();
+        for (i, &kept) in self.kept_mask_prompt.iter().enumerate() {
+            out_masks.push(pick(kept, self.masks.narrow(0, i, 1)?, masks));
+            out_low.push(pick(kept, self.low_res.narrow(0, i, 1)?, mask_prompt));
+        }
+        self.masks = Tensor::cat(&out_masks, 0)?;
+        self.low_res = Tensor::cat(&out_low, 0)?;
+        Ok(())
     }
 }
 
@@ -318,49 +337,45 @@ impl<'a> ImagePredictor<'a> {
             Some(l) => Some(crops::stride2_local(l, model.config.image_size)?),
             None => None,
         };
-        // Guarded, the mask prompt is refined beside the decoder's masks, as one more candidate.
-        let guarded = match &mask_input {
-            Some(mask) if self.click_guard && !clicks.is_empty() => Some(mask),
-            _ => None,
-        };
-        let cleaned = cleaned.unsqueeze(0)?.to_dtype(dtype)?;
-        let candidates = match guarded {
-            Some(mask) => Tensor::cat(&[&cleaned, mask], 1)?,
-            None => cleaned,
-        };
+        let pins: &[Click] = if self.pin_clicks { &clicks } else { &[] };
         let refined = refiner.mask_refinement.forward(
-            &candidates,
+            &cleaned.unsqueeze(0)?.to_dtype(dtype)?,
             &decoded.upscaled,
             &inputs.input,
             local.as_ref().map(|(l, c)| (l, c)),
-            if self.pin_clicks { &clicks } else { &[] },
-            guarded.is_some(),
+            pins,
         )?;
-        let masks = refined.at_frame(&rgb_to_unit(&inputs.rgb)?)?.squeeze(0)?;
-        let (Some(mask), Some(unpinned)) = (guarded, &refined.unpinned) else {
-            return Ok(ImagePrediction {
-                masks,
-                iou,
-                low_res,
-                refined: true,
-                kept_mask_prompt: vec![false; k],
-            });
-        };
-        let honoured = clicks::honoured(&unpinned.squeeze(0)?, &clicks)?;
-        let kept: Vec<bool> = honoured[..k].iter().map(|&n| n < honoured[k]).collect();
-        let picks: Vec<u32> = (0..k).map(|i| if kept[i] { k } else { i } as u32).collect();
-        let picks = Tensor::from_vec(picks, k, masks.device())?;
-        let mask = mask
-            .squeeze(0)?
-            .to_dtype(DType::F32)?
-            .clamp(-32f32, 32f32)?;
-        Ok(ImagePrediction {
-            masks: masks.index_select(&picks, 0)?,
+        let frame = rgb_to_unit(&inputs.rgb)?;
+        let mut prediction = ImagePrediction {
+            masks: refined.at_frame(&frame)?.squeeze(0)?,
             iou,
-            low_res: Tensor::cat(&[&low_res, &mask], 0)?.index_select(&picks, 0)?,
+            low_res,
             refined: true,
-            kept_mask_prompt: kept,
-        })
+            kept_mask_prompt: vec![false; k],
+        };
+        if let (true, Some(mask), Some((_, before))) =
+            (self.click_guard, &mask_input, clicks.split_last())
+        {
+            let previous = refiner.mask_refinement.forward(
+                mask,
+                &decoded.upscaled,
+                &inputs.input,
+                local.as_ref().map(|(l, c)| (l, c)),
+                if self.pin_clicks { before } else { &[] },
+            )?;
+            let new = clicks::honoured(&refined.logits.squeeze(0)?, &clicks)?;
+            let old = clicks::honoured(&previous.logits.squeeze(0)?, &clicks)?[0];
+            prediction.kept_mask_prompt = new.iter().map(|&n| n < old).collect();
+            if prediction.kept_mask_prompt.contains(&true) {
+                let previous_masks = previous.at_frame(&frame)?.squeeze(0)?;
+                let mask = mask
+                    .squeeze(0)?
+                    .to_dtype(DType::F32)?
+                    .clamp(-32f32, 32f32)?;
+                prediction.keep_previous(&previous_masks, &mask)?;
+            }
+        }
+        Ok(prediction)
     }
 
     /// The crops' features for this prompt: the quadrants', or in ROI mode a window on the

@@ -439,7 +439,6 @@ impl Sam2Base {
                         .contiguous()?,
                     local.as_ref().map(|(l, c)| (l, c)),
                     &[],
-                    false,
                 )?;
                 let logits = &refined.logits;
                 let absent = Tensor::full(NO_OBJ_SCORE, (), &self.device)?

@@ -48,9 +48,6 @@ pub struct RefinedMasks {
     /// The guided filter's coefficients at S, a [B·K, 3, S, S] and b [B·K, 1, S, S] (f32), when
     /// its gate is open.
     coefficients: Option<(Tensor, Tensor)>,
-    /// [B, K, S, S]: `logits` as if no click were pinned, when asked for (what the click guard
-    /// judges by).
-    pub unpinned: Option<Tensor>,
 }
 
 impl RefinedMasks {
@@ -117,10 +114,6 @@ impl RefinedMasks {
                 Some((a, b)) => Some((a.narrow(0, i * k, k)?, b.narrow(0, i * k, k)?)),
                 None => None,
             },
-            unpinned: match &self.unpinned {
-                Some(u) => Some(u.narrow(0, i, 1)?),
-                None => None,
-            },
         })
     }
 
@@ -135,7 +128,6 @@ impl RefinedMasks {
         of(&self.logits)
             + of(&self.base)
             + self.coefficients.as_ref().map_or(0, |(a, b)| of(a) + of(b))
-            + self.unpinned.as_ref().map_or(0, of)
     }
 }
 
@@ -186,7 +178,7 @@ impl MaskRefinement {
     /// localization augment's stride-4 local features on the stride-2 grid (zero where no crop
     /// covers); `coverage` [B, 1, S/2, S/2]: 1 where a crop covers. These two (`local`) are
     /// read only by a live cascade. `clicks` (input pixels) are pinned in the guided filter's
-    /// input of every mask; `keep_unpinned` also gives the logits without the pins.
+    /// input of every mask.
     pub fn forward(
         &self,
         low_res: &Tensor,
@@ -194,7 +186,6 @@ impl MaskRefinement {
         image: &Tensor,
         local: Option<(&Tensor, &Tensor)>,
         clicks: &[Click],
-        keep_unpinned: bool,
     ) -> Result<RefinedMasks> {
         let (b, k, h4, w4) = low_res.dims4()?;
         let size = image.dim(3)?;
@@ -219,41 +210,29 @@ impl MaskRefinement {
                 self.cascade(&masks, upscaled, image, local_s2, coverage, k)?;
             ((sam_share + upsample(&delta_s2, size)?)? + delta_s1)?
         };
-        let shape = (b, k, size, size);
-        let (logits, coefficients, unpinned) = if open {
+        let (logits, coefficients) = if open {
             let guide = per_mask(&unnormalize(image)?)?.to_dtype(DType::F32)?;
-            let p = candle_nn::ops::sigmoid(&sam)?;
-            let filtered = |p: &Tensor| -> Result<(Tensor, (Tensor, Tensor))> {
-                let (a, coef_b) = guided_filter::coefficients(
-                    &guide,
-                    p,
-                    guided_filter::radius(size),
-                    guided_filter::EPS,
-                )?;
-                let logits = guided_filter::logits(&a, &coef_b, &guide)?.to_dtype(base.dtype())?;
-                Ok(((&base + (logits * self.guided_gate)?)?, (a, coef_b)))
-            };
-            if clicks.is_empty() {
-                let (logits, coefficients) = filtered(&p)?;
-                let unpinned = keep_unpinned.then(|| logits.clone());
-                (logits, Some(coefficients), unpinned)
-            } else {
-                let (logits, coefficients) = filtered(&clicks::pin(&p, clicks)?)?;
-                let unpinned = match keep_unpinned {
-                    true => Some(filtered(&p)?.0),
-                    false => None,
-                };
-                (logits, Some(coefficients), unpinned)
+            let mut p = candle_nn::ops::sigmoid(&sam)?;
+            if !clicks.is_empty() {
+                p = clicks::pin(&p, clicks)?;
             }
+            let (a, coef_b) = guided_filter::coefficients(
+                &guide,
+                &p,
+                guided_filter::radius(size),
+                guided_filter::EPS,
+            )?;
+            let filtered = guided_filter::logits(&a, &coef_b, &guide)?.to_dtype(base.dtype())?;
+            ((&base + (filtered * self.guided_gate)?)?, Some((a, coef_b)))
         } else {
-            (base.clone(), None, keep_unpinned.then(|| base.clone()))
+            (base.clone(), None)
         };
+        let shape = (b, k, size, size);
         Ok(RefinedMasks {
             logits: logits.reshape(shape)?,
             base: base.reshape(shape)?,
             gate: self.guided_gate,
             coefficients,
-            unpinned: unpinned.map(|u| u.reshape(shape)).transpose()?,
         })
     }
 
@@ -344,7 +323,6 @@ mod tests {
             base,
             gate: 0.7,
             coefficients: Some((a, b)),
-            unpinned: None,
         };
         let fused = masks.at_frame(&frame)?;
         let tensors = masks.at_frame_by_tensors(&frame, (3, h, w))?;
