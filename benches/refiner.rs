@@ -90,7 +90,7 @@ fn main() -> anyhow::Result<()> {
         || {
             refiner
                 .mask_refinement
-                .forward(&low, &upscaled, &input, Some((&local_s2, &coverage)))
+                .forward(&low, &upscaled, &input, Some((&local_s2, &coverage)), &[])
                 .unwrap()
         },
     );
