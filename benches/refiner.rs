@@ -148,6 +148,29 @@ fn main() -> anyhow::Result<()> {
         );
     }
 
+    println!("-- image path: a correction (two clicks and the mask prompt), image already set");
+    let refiner = refiner_for(false)?;
+    let (center, beside) = (
+        [fw as f32 * 0.5, fh as f32 * 0.5],
+        [fw as f32 * 0.55, fh as f32 * 0.5],
+    );
+    for click_guard in [false, true] {
+        let mut p = ImagePredictor::with_refiner(&model, &refiner, RefineMode::Roi);
+        p.click_guard = click_guard;
+        p.set_image(&rgb)?;
+        let first = p.predict(&ImagePrompt::clicks_and_box(&[center], &[1], None), true)?;
+        let mut correction = ImagePrompt::clicks_and_box(&[center, beside], &[1, 0], None);
+        let best = first.low_res.get(first.best_index()?)?;
+        correction.mask_input = Some(best.unsqueeze(0)?.unsqueeze(0)?);
+        let on_off = if click_guard { "on" } else { "off" };
+        time(
+            &format!("correction, refine roi, guided filter only, click guard {on_off}"),
+            reps,
+            &device,
+            || p.predict(&correction, false).unwrap(),
+        );
+    }
+
     println!("-- tracking: ms per frame, one object, matte at the frame's size");
     for &(mode, every) in &cases {
         let mut options = TrackerOptions::for_config(&config);
