@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from sam2.sam2_image_predictor import SAM2ImagePredictor
 
-from refiner import LocalFeatures, Refiner, clicks_honoured
+from refiner import LocalFeatures, Refiner, clicks_honoured, is_click
 
 MODES = ("off", "quadrants", "roi")
 CELL = 16  # input pixels per image-embedding cell; crops start on this grid so every level lines up
@@ -194,10 +194,10 @@ class RefinedImagePredictor:
         frame = torch.from_numpy(self.frame).permute(2, 0, 1).float()[None] / 255
         full = refined.at_frame(frame)[0]
         low = low[0].clamp(-32, 32)
-        is_click = [int(l) in (0, 1) for l in labs[0]]
-        if self.click_guard and mask is not None and any(is_click):
-            newest = max(i for i, c in enumerate(is_click) if c)
-            before = [i for i in range(len(is_click)) if i != newest]
+        click_at = [is_click(l) for l in labs[0]]
+        if self.click_guard and mask is not None and any(click_at):
+            newest = max(i for i, c in enumerate(click_at) if c)
+            before = [i for i in range(len(click_at)) if i != newest]
             previous = mr(mask, upscaled, self.input, local_s2, coverage, (coords[0][before], labs[0][before]) if pins else None)
             kept = clicks_honoured(refined.logits[0], *clicks) < clicks_honoured(previous.logits[0], *clicks)
             self.kept_mask_prompt = kept.tolist()

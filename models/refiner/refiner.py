@@ -324,6 +324,12 @@ def guided_logits(a: torch.Tensor, b: torch.Tensor, guide: torch.Tensor) -> torc
     return torch.logit(q.clamp(GUIDED_CLAMP, 1 - GUIDED_CLAMP))
 
 
+def is_click(label) -> bool:
+    """Whether a prompt point's label is a click (1 positive, 0 negative), not a box corner (2, 3) or
+    padding (-1): the points the click rules read (the engine's `Click::from_points`)."""
+    return int(label) in (0, 1)
+
+
 def pin_clicks(p: torch.Tensor, coords: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """p [N, 1, S, S] with each click's label (1 positive, 0 negative; other labels, box corners and
     padding, are not clicks) written where a pixel's centre is within S / CLICK_PIN_DIVISOR of it, later
@@ -333,7 +339,7 @@ def pin_clicks(p: torch.Tensor, coords: torch.Tensor, labels: torch.Tensor) -> t
     centres = torch.arange(size, dtype=torch.float32) + 0.5
     out = p.clone()
     for (x, y), label in zip(coords.float().tolist(), labels.tolist()):
-        if label in (0, 1):
+        if is_click(label):
             dx = (centres - torch.tensor(x, dtype=torch.float32)) ** 2
             dy = (centres - torch.tensor(y, dtype=torch.float32)) ** 2
             out[..., dy[:, None] + dx[None, :] <= radius * radius] = float(label)
@@ -346,7 +352,7 @@ def clicks_honoured(logits: torch.Tensor, coords: torch.Tensor, labels: torch.Te
     size = logits.shape[-1]
     honoured = torch.zeros(logits.shape[0], dtype=torch.int64)
     for (x, y), label in zip(coords.float().tolist(), labels.tolist()):
-        if label in (0, 1):
+        if is_click(label):
             col, row = (min(max(int(math.floor(v)), 0), size - 1) for v in (x, y))
             honoured += ((logits[:, row, col] > 0) == bool(label)).long()
     return honoured

@@ -337,12 +337,14 @@ impl<'a> ImagePredictor<'a> {
             Some(l) => Some(crops::stride2_local(l, model.config.image_size)?),
             None => None,
         };
+        // The crops' features on the stride-2 grid and their coverage, shared by both refinements.
+        let local = local.as_ref().map(|(l, c)| (l, c));
         let pins: &[Click] = if self.pin_clicks { &clicks } else { &[] };
         let refined = refiner.mask_refinement.forward(
             &cleaned.unsqueeze(0)?.to_dtype(dtype)?,
             &decoded.upscaled,
             &inputs.input,
-            local.as_ref().map(|(l, c)| (l, c)),
+            local,
             pins,
         )?;
         let frame = rgb_to_unit(&inputs.rgb)?;
@@ -360,7 +362,7 @@ impl<'a> ImagePredictor<'a> {
                 mask,
                 &decoded.upscaled,
                 &inputs.input,
-                local.as_ref().map(|(l, c)| (l, c)),
+                local,
                 if self.pin_clicks { before } else { &[] },
             )?;
             let new = clicks::honoured(&refined.logits.squeeze(0)?, &clicks)?;
