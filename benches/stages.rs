@@ -1,10 +1,11 @@
 //! Time per stage of the SAM 2 engine, on random weights of an official config.
 //!
 //! ```text
-//! cargo bench --bench stages -- [--config sam2.1_hiera_t] [--size 1024] [--reps 5] [--device cpu] [--objects 1,3]
+//! cargo bench --bench stages -- [--config sam2.1_hiera_t] [--size 1024] [--reps 5] [--device cpu] [--objects 1,3] [--spans]
 //! ```
 //! Prints, per stage, the minimum and the median over `--reps` runs after one warm-up, in ms,
-//! and the process's peak resident memory. Compare with the official implementation on the same
+//! and the process's peak resident memory; with `--spans`, under each stage the time per run inside each
+//! of the engine's tracing spans (inclusive). Compare with the official implementation on the same
 //! machine and config: `../shared/tools/official_speed.py` (`enc`, `image`, `track`, `parts`).
 
 mod common;
@@ -28,6 +29,7 @@ struct Options {
     reps: usize,
     device: String,
     objects: Vec<usize>,
+    spans: bool,
 }
 
 fn options() -> Options {
@@ -37,6 +39,7 @@ fn options() -> Options {
         reps: 5,
         device: "cpu".into(),
         objects: vec![1, 3],
+        spans: false,
     };
     let args: Vec<String> = std::env::args()
         .skip(1)
@@ -54,6 +57,7 @@ fn options() -> Options {
             "--size" => o.size = value().parse().expect("--size N"),
             "--reps" => o.reps = value().parse().expect("--reps N"),
             "--device" => o.device = value(),
+            "--spans" => o.spans = true,
             "--objects" => {
                 o.objects = value()
                     .split(',')
@@ -68,6 +72,10 @@ fn options() -> Options {
 
 fn main() -> anyhow::Result<()> {
     let o = options();
+    if o.spans {
+        // Before the model is built: its modules make their spans then.
+        common::spans::SpanProfile::install();
+    }
     let device = select_device(&o.device)?;
     let mut config = Sam2Config::preset(&o.config)?;
     config.apply_build_overrides(BuildMode::Video);

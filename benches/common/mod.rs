@@ -7,6 +7,8 @@ use std::time::Instant;
 
 use candle_core::Device;
 
+pub mod spans;
+
 /// The benchmark's `--flag value` options (cargo's own `--bench` left out).
 pub struct Args(Vec<String>);
 
@@ -75,6 +77,10 @@ pub fn sync(device: &Device) {
 pub fn time<T>(label: &str, reps: usize, device: &Device, mut f: impl FnMut() -> T) -> T {
     let mut out = f();
     sync(device);
+    let profile = spans::SpanProfile::installed();
+    if let Some(p) = profile {
+        p.take(1); // the warm-up's spans are not counted
+    }
     let mut ms = Vec::with_capacity(reps);
     for _ in 0..reps {
         let start = Instant::now();
@@ -88,5 +94,8 @@ pub fn time<T>(label: &str, reps: usize, device: &Device, mut f: impl FnMut() ->
         ms[0],
         ms[ms.len() / 2]
     );
+    if let Some(p) = profile {
+        p.print(reps);
+    }
     out
 }

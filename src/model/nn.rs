@@ -8,8 +8,8 @@ use candle_core::{D, DType, Module, Result, Tensor, bail};
 use candle_nn::VarBuilder;
 
 use super::kernels::{
-    Conv2dTaps, DepthwiseConv2d, Epilogue, FusedAttention, FusedLinear, FusedMlp, GeluErf,
-    LayerNormChannels, LayerNormLastDim,
+    Conv2dTaps, Conv2dUnfold, DepthwiseConv2d, Epilogue, FusedAttention, FusedLinear, FusedMlp,
+    GeluErf, LayerNormChannels, LayerNormLastDim,
 };
 
 /// `nn.Linear`.
@@ -278,7 +278,8 @@ pub fn mlp2(x: &Tensor, fc1: &Linear, fc2: &Linear, activation: Activation) -> R
 /// `nn.Conv2d`, NCHW, with fast paths for the shapes SAM 2 uses: 1×1 convolutions and
 /// non-overlapping patch convolutions (kernel = stride) as matrix products, depthwise
 /// convolutions as one pass, other stride-1 convolutions (mask refinement's 3×3) as one product
-/// per kernel tap; anything else goes to candle's convolution.
+/// per kernel tap, strided ones (Hiera's patch embedding, the mask downsampler) as one product of
+/// the unfolded input; grouped convolutions elsewhere, and other devices, go to candle's.
 #[derive(Debug, Clone)]
 pub struct Conv2d {
     weight: Tensor,
@@ -368,6 +369,16 @@ impl Module for Conv2d {
             let y = x.contiguous()?.apply_op2_no_bwd(
                 &self.weight.contiguous()?,
                 &Conv2dTaps {
+                    padding: self.padding,
+                },
+            )?;
+            return self.add_bias(y);
+        }
+        if self.groups == 1 && x.device().is_cpu() && x.dtype() == DType::F32 {
+            let y = x.contiguous()?.apply_op2_no_bwd(
+                &self.weight.contiguous()?,
+                &Conv2dUnfold {
+                    stride: self.stride,
                     padding: self.padding,
                 },
             )?;

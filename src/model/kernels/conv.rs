@@ -1,5 +1,6 @@
-//! Dense 2-D convolution, stride 1, as matrix products: the few-channel 3×3 convolutions of mask
-//! refinement, which candle's CPU `conv2d` runs several times slower.
+//! Dense 2-D convolutions as matrix products, which candle's CPU `conv2d` runs several times
+//! slower: stride 1 (the few-channel 3×3 convolutions of mask refinement) by kernel taps, and
+//! strided ones (Hiera's patch embedding, the memory encoder's mask downsampler) by unfolding.
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, bail};
 use rayon::prelude::*;
@@ -109,6 +110,80 @@ impl CustomOp2 for Conv2dTaps {
     }
 }
 
+/// `nn.Conv2d(groups=1, stride=s, padding=p)` without its bias, NCHW, for strides above 1.
+///
+/// Each image's receptive fields are unfolded into a [C_in·kh·kw, oh·ow] matrix (zeros where a
+/// tap falls in the padding), which one product with the [C_out, C_in·kh·kw] weight turns into the
+/// output planes. A strided convolution reads each input pixel about (k/s)² times, so the unfolded
+/// matrix stays small (for Hiera's 7×7 stride-4 patch embedding, three times the input).
+pub(crate) struct Conv2dUnfold {
+    pub stride: usize,
+    pub padding: usize,
+}
+
+impl CustomOp2 for Conv2dUnfold {
+    fn name(&self) -> &'static str {
+        "conv2d-unfold"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s1, l1, "conv2d input")?;
+        let w = contiguous_f32(s2, l2, "conv2d weight")?;
+        let (b, c, h, wd) = l1.shape().dims4()?;
+        let (o, wc, kh, kw) = l2.shape().dims4()?;
+        let (s, p) = (self.stride, self.padding);
+        if wc != c {
+            bail!("conv2d: weight {:?} for input {:?}", l2.dims(), l1.dims());
+        }
+        if s == 0 || kh == 0 || kw == 0 || kh > h + 2 * p || kw > wd + 2 * p {
+            bail!("conv2d: kernel {kh}x{kw}, stride {s} for an input of {h}x{wd} padded by {p}");
+        }
+        let (oh, ow) = ((h + 2 * p - kh) / s + 1, (wd + 2 * p - kw) / s + 1);
+        let (k, n) = (c * kh * kw, oh * ow);
+
+        let mut out = vec![0f32; b * o * n];
+        let mut unfolded = vec![0f32; k * n];
+        for (image, dst) in x.chunks_exact(c * h * wd).zip(out.chunks_exact_mut(o * n)) {
+            // Row (ci, ky, kx) of the unfolded matrix: input row oy·s + ky − p, columns ox·s + kx − p.
+            unfolded
+                .par_chunks_mut(n)
+                .enumerate()
+                .for_each(|(row, cols)| {
+                    let (ci, ky, kx) = (row / (kh * kw), row / kw % kh, row % kw);
+                    let plane = &image[ci * h * wd..(ci + 1) * h * wd];
+                    for (oy, col_row) in cols.chunks_exact_mut(ow).enumerate() {
+                        let iy = (oy * s + ky).wrapping_sub(p);
+                        if iy >= h {
+                            col_row.fill(0.0);
+                            continue;
+                        }
+                        let src = &plane[iy * wd..(iy + 1) * wd];
+                        for (ox, v) in col_row.iter_mut().enumerate() {
+                            let ix = (ox * s + kx).wrapping_sub(p);
+                            *v = if ix < wd { src[ix] } else { 0.0 };
+                        }
+                    }
+                });
+            matmul(
+                dst,
+                n,
+                MatRef::rows(w, o, k, k),
+                MatRef::rows(&unfolded, k, n, n),
+                1.0,
+                false,
+                true,
+            );
+        }
+        Ok((CpuStorage::F32(out), Shape::from((b, o, oh, ow))))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -137,6 +212,40 @@ mod tests {
                 err <= 1e-5 * scale,
                 "{:?}: max error {err} of {scale}",
                 (b, c, o, h, w, k, p)
+            );
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn strided_matches_candles_conv2d() -> Result<()> {
+        let dev = Device::Cpu;
+        // (batch, in, out, height, width, kernel, stride, padding): Hiera's patch embedding, the
+        // mask downsampler's layers, odd sizes whose last window is cut short, no padding.
+        for (b, c, o, h, w, k, s, p) in [
+            (1, 3, 8, 32, 32, 7, 4, 3),
+            (2, 1, 4, 16, 16, 3, 2, 1),
+            (1, 16, 64, 8, 8, 3, 2, 1),
+            (1, 5, 3, 11, 13, 3, 2, 1),
+            (2, 4, 6, 9, 10, 4, 3, 0),
+        ] {
+            let x = Tensor::randn(0f32, 1.0, (b, c, h, w), &dev)?;
+            let weight = Tensor::randn(0f32, 1.0, (o, c, k, k), &dev)?;
+            let ours = x.apply_op2_no_bwd(
+                &weight,
+                &Conv2dUnfold {
+                    stride: s,
+                    padding: p,
+                },
+            )?;
+            let candle = x.conv2d(&weight, p, s, 1, 1)?;
+            assert_eq!(ours.dims(), candle.dims());
+            let err = (ours - &candle)?.abs()?.max_all()?.to_scalar::<f32>()?;
+            let scale = candle.abs()?.max_all()?.to_scalar::<f32>()?;
+            assert!(
+                err <= 1e-5 * scale,
+                "{:?}: max error {err} of {scale}",
+                (b, c, o, h, w, k, s, p)
             );
         }
         Ok(())

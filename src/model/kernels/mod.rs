@@ -1,6 +1,6 @@
 //! CPU kernels for the operations where candle's generic path is slow or imprecise: fused
 //! attention (and Hiera's windowed attention), linear layers and two-layer MLPs, LayerNorm, GELU
-//! and convolutions (depthwise, and dense with stride 1), on contiguous f32 tensors; and the
+//! and convolutions (depthwise, and dense), on contiguous f32 tensors; and the
 //! guided filter's window means on f64 planes and its application at the frame's resolution;
 //! separable resampling by taps.
 //!
@@ -22,7 +22,7 @@ mod window_attention;
 
 pub(crate) use attention::FusedAttention;
 pub(crate) use box_filter::BoxMean;
-pub(crate) use conv::Conv2dTaps;
+pub(crate) use conv::{Conv2dTaps, Conv2dUnfold};
 pub(crate) use guided_apply::GuidedApply;
 pub(crate) use linear::{Epilogue, FusedLinear};
 pub(crate) use mlp::FusedMlp;

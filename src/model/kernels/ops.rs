@@ -199,32 +199,58 @@ impl CustomOp2 for DepthwiseConv2d {
             bail!("depthwise conv: kernel larger than the padded input");
         }
         let (oh, ow) = (h + 2 * p - kh + 1, wd + 2 * p - kw + 1);
+        // Each plane zero-padded, wide enough for whole runs of lanes (see `depthwise_plane`).
+        let (ph, pw) = (
+            oh + kh - 1,
+            ow.next_multiple_of(simd::DEPTHWISE_LANES) + kw - 1,
+        );
         let mut out = vec![0f32; b * c * oh * ow];
-        out.par_chunks_mut(oh * ow)
-            .enumerate()
-            .for_each(|(plane, dst)| {
+        out.par_chunks_mut(oh * ow).enumerate().for_each_init(
+            || vec![0f32; ph * pw],
+            |padded, (plane, dst)| {
                 let ch = plane % c;
                 let src = &x[plane * h * wd..(plane + 1) * h * wd];
-                let filt = &w[ch * kh * kw..(ch + 1) * kh * kw];
-                for ky in 0..kh {
-                    for kx in 0..kw {
-                        let wv = filt[ky * kw + kx];
-                        // Output rows/cols whose input tap falls inside the image.
-                        let y0 = p.saturating_sub(ky);
-                        let y1 = (h + p).saturating_sub(ky).min(oh);
-                        let x0 = p.saturating_sub(kx);
-                        let x1 = (wd + p).saturating_sub(kx).min(ow);
-                        if x0 >= x1 {
-                            continue;
-                        }
-                        for oy in y0..y1 {
-                            let iy = oy + ky - p;
-                            let src_row = &src[iy * wd + x0 + kx - p..iy * wd + x1 + kx - p];
-                            simd::axpy(&mut dst[oy * ow + x0..oy * ow + x1], src_row, wv);
-                        }
-                    }
+                for (y, row) in src.chunks_exact(wd).enumerate() {
+                    padded[(y + p) * pw + p..(y + p) * pw + p + wd].copy_from_slice(row);
                 }
-            });
+                let filt = &w[ch * kh * kw..(ch + 1) * kh * kw];
+                simd::depthwise_plane(dst, padded, pw, filt, oh, ow, kh, kw);
+            },
+        );
         Ok((CpuStorage::F32(out), Shape::from((b, c, oh, ow))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Tensor};
+
+    #[test]
+    fn depthwise_matches_candles_grouped_conv2d() -> Result<()> {
+        let dev = Device::Cpu;
+        // (batch, channels, height, width, kernel, padding): the memory encoder's 7×7 on 16×16,
+        // rows longer than one run of lanes and not a multiple of it, no padding, a 1×1.
+        for (b, c, h, w, k, p) in [
+            (1, 8, 16, 16, 7, 3),
+            (2, 3, 9, 37, 7, 3),
+            (1, 4, 20, 17, 3, 1),
+            (1, 2, 6, 5, 3, 0),
+            (1, 5, 4, 4, 1, 0),
+        ] {
+            let x = Tensor::randn(0f32, 1.0, (b, c, h, w), &dev)?;
+            let weight = Tensor::randn(0f32, 1.0, (c, 1, k, k), &dev)?;
+            let ours = x.apply_op2_no_bwd(&weight, &DepthwiseConv2d { padding: p })?;
+            let candle = x.conv2d(&weight, p, 1, 1, c)?;
+            assert_eq!(ours.dims(), candle.dims());
+            let err = (ours - &candle)?.abs()?.max_all()?.to_scalar::<f32>()?;
+            let scale = candle.abs()?.max_all()?.to_scalar::<f32>()?;
+            assert!(
+                err <= 1e-5 * scale,
+                "{:?}: max error {err} of {scale}",
+                (b, c, h, w, k, p)
+            );
+        }
+        Ok(())
     }
 }

@@ -209,6 +209,36 @@ multiversion! {
 }
 
 multiversion! {
+    /// One plane of a depthwise convolution, stride 1: `dst` (oh × ow) = Σ over the taps of
+    /// `filt` (kh × kw), in row-major order from 0, of the tap times `padded` shifted by it.
+    /// `padded` is the zero-padded input with rows `stride` apart, at least
+    /// `ow.next_multiple_of(LANES) + kw − 1` wide and `oh + kh − 1` high, so every run of `LANES`
+    /// outputs reads whole rows. Each run of outputs is summed over all the taps in registers
+    /// (the same additions, in the same order, as adding one shifted plane per tap).
+    pub fn depthwise_plane(dst: &mut [f32], padded: &[f32], stride: usize, filt: &[f32], oh: usize, ow: usize, kh: usize, kw: usize) {
+        for oy in 0..oh {
+            for x0 in (0..ow).step_by(LANES) {
+                let mut acc = [0f32; LANES];
+                for ky in 0..kh {
+                    for kx in 0..kw {
+                        let wv = filt[ky * kw + kx];
+                        let start = (oy + ky) * stride + x0 + kx;
+                        for (a, v) in acc.iter_mut().zip(&padded[start..start + LANES]) {
+                            *a += wv * v;
+                        }
+                    }
+                }
+                let n = LANES.min(ow - x0);
+                dst[oy * ow + x0..oy * ow + x0 + n].copy_from_slice(&acc[..n]);
+            }
+        }
+    }
+}
+
+/// Lanes of `depthwise_plane`'s runs: its padded input's width is a multiple of this, plus the taps.
+pub const DEPTHWISE_LANES: usize = LANES;
+
+multiversion! {
     /// `dst[i] = a · src[i] + dst[i]` with one rounding (a fused multiply-add), as the inner
     /// loop of a matrix product accumulates.
     pub fn fused_axpy(dst: &mut [f32], src: &[f32], a: f32) {
