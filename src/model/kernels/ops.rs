@@ -214,7 +214,7 @@ impl CustomOp2 for DepthwiseConv2d {
                     padded[(y + p) * pw + p..(y + p) * pw + p + wd].copy_from_slice(row);
                 }
                 let filt = &w[ch * kh * kw..(ch + 1) * kh * kw];
-                simd::depthwise_plane(dst, padded, pw, filt, oh, ow, kh, kw);
+                simd::depthwise_plane(dst, padded, pw, filt, (oh, ow), (kh, kw));
             },
         );
         Ok((CpuStorage::F32(out), Shape::from((b, c, oh, ow))))

@@ -209,13 +209,14 @@ multiversion! {
 }
 
 multiversion! {
-    /// One plane of a depthwise convolution, stride 1: `dst` (oh × ow) = Σ over the taps of
-    /// `filt` (kh × kw), in row-major order from 0, of the tap times `padded` shifted by it.
-    /// `padded` is the zero-padded input with rows `stride` apart, at least
+    /// One plane of a depthwise convolution, stride 1: `dst` (`out`: oh × ow) = Σ over the taps
+    /// of `filt` (`kernel`: kh × kw), in row-major order from 0, of the tap times `padded`
+    /// shifted by it. `padded` is the zero-padded input with rows `stride` apart, at least
     /// `ow.next_multiple_of(LANES) + kw − 1` wide and `oh + kh − 1` high, so every run of `LANES`
     /// outputs reads whole rows. Each run of outputs is summed over all the taps in registers
     /// (the same additions, in the same order, as adding one shifted plane per tap).
-    pub fn depthwise_plane(dst: &mut [f32], padded: &[f32], stride: usize, filt: &[f32], oh: usize, ow: usize, kh: usize, kw: usize) {
+    pub fn depthwise_plane(dst: &mut [f32], padded: &[f32], stride: usize, filt: &[f32], out: (usize, usize), kernel: (usize, usize)) {
+        let ((oh, ow), (kh, kw)) = (out, kernel);
         for oy in 0..oh {
             for x0 in (0..ow).step_by(LANES) {
                 let mut acc = [0f32; LANES];
