@@ -14,6 +14,8 @@ use super::{contiguous_f32, simd};
 
 const QUERY_BLOCK: usize = 512;
 const KEY_BLOCK: usize = 512;
+/// The fewest queries worth a block, and so a task, of their own.
+const MIN_QUERY_BLOCK: usize = 32;
 
 /// q [B, N, D], k [B, M, D], v [B, M, Dv] (contiguous f32) -> softmax(q kᵀ · scale) v [B, N, Dv].
 pub(crate) struct FusedAttention {
@@ -52,6 +54,11 @@ impl CustomOp3 for FusedAttention {
         }
         let mut out = vec![0f32; b * n * dv];
         let scale = self.scale;
+        // At least one block of queries per thread: the nano model's 256 queries in one block
+        // of 512 left the second core idle through memory attention.
+        let query_block = n
+            .div_ceil(rayon::current_num_threads())
+            .clamp(MIN_QUERY_BLOCK, QUERY_BLOCK);
         out.par_chunks_mut(n * dv)
             .enumerate()
             .for_each(|(batch, out_b)| {
@@ -61,10 +68,10 @@ impl CustomOp3 for FusedAttention {
                     &v[batch * m * dv..(batch + 1) * m * dv],
                 );
                 out_b
-                    .par_chunks_mut(QUERY_BLOCK * dv)
+                    .par_chunks_mut(query_block * dv)
                     .enumerate()
                     .for_each(|(block, dst)| {
-                        let q0 = block * QUERY_BLOCK;
+                        let q0 = block * query_block;
                         let rows = dst.len() / dv;
                         attend_block(
                             &q[q0 * d..(q0 + rows) * d],

@@ -8,6 +8,9 @@ use rayon::prelude::*;
 use super::matmul::{MatRef, matmul};
 use super::{contiguous_f32, simd};
 
+/// Outputs of fewer values than this are filled with the bias (and activated) on one thread.
+const PARALLEL_FILL_ABOVE: usize = 1 << 18;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Epilogue {
     None,
@@ -61,8 +64,14 @@ impl CustomOp3 for FusedLinear {
             );
         }
         let mut out = vec![0f32; rows * out_dim];
-        out.par_chunks_mut(out_dim)
-            .for_each(|row| row.copy_from_slice(b));
+        if out.len() < PARALLEL_FILL_ABOVE {
+            // A small output: waking the other threads would cost more than the copy.
+            out.chunks_mut(out_dim)
+                .for_each(|row| row.copy_from_slice(b));
+        } else {
+            out.par_chunks_mut(out_dim)
+                .for_each(|row| row.copy_from_slice(b));
+        }
         let weight = MatRef::rows(w, out_dim, in_dim, in_dim);
         matmul(
             &mut out,
@@ -74,7 +83,7 @@ impl CustomOp3 for FusedLinear {
             true,
         );
         if self.epilogue != Epilogue::None {
-            out.par_chunks_mut(1 << 14)
+            out.par_chunks_mut(PARALLEL_FILL_ABOVE)
                 .for_each(|chunk| self.epilogue.apply(chunk));
         }
         Ok((CpuStorage::F32(out), Shape::from((rows, out_dim))))

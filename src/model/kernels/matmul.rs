@@ -2,6 +2,12 @@
 //! views of slices, so each call site states shapes instead of nineteen positional arguments.
 
 use gemm::{Parallelism, gemm};
+use rayon::prelude::*;
+
+/// Parallel products of fewer multiply-adds than this are split into bands of rows (`matmul`).
+const BANDS_BELOW_MACS: usize = 1 << 26;
+/// The fewest rows worth a band, and so a task, of their own.
+const MIN_BAND_ROWS: usize = 32;
 
 /// A read-only matrix view: element (r, c) is `data[r * row_stride + c * col_stride]`.
 #[derive(Clone, Copy)]
@@ -78,8 +84,31 @@ pub(crate) fn matmul(
         (m - 1) * dst_row_stride + n <= dst.len(),
         "destination out of bounds"
     );
-    let parallelism = if parallel {
-        Parallelism::Rayon(rayon::current_num_threads())
+    let threads = if parallel {
+        rayon::current_num_threads()
+    } else {
+        1
+    };
+    if threads > 1 && m >= 2 * MIN_BAND_ROWS && m * n * k < BANDS_BELOW_MACS {
+        // A small product (the nano model's 256-token projections): one single-threaded product
+        // per band of rows, a band per thread. On two cores a 256³ product took 0.26 ms this way
+        // and 0.31 to 0.37 ms with the gemm crate's own threading (0.32 ms on one thread).
+        let band = m.div_ceil(threads).max(MIN_BAND_ROWS);
+        dst[..(m - 1) * dst_row_stride + n]
+            .par_chunks_mut(band * dst_row_stride)
+            .enumerate()
+            .for_each(|(i, dst)| {
+                let a = MatRef {
+                    data: &a.data[i * band * a.row_stride..],
+                    rows: band.min(m - i * band),
+                    ..a
+                };
+                matmul(dst, dst_row_stride, a, b, scale, accumulate, false);
+            });
+        return;
+    }
+    let parallelism = if threads > 1 {
+        Parallelism::Rayon(threads)
     } else {
         Parallelism::None
     };
@@ -140,6 +169,28 @@ mod tests {
             false,
         );
         assert_eq!(dst, [28.5, 33.0, 0.0, 64.5, 75.0, 0.0]);
+    }
+
+    #[test]
+    fn bands_of_rows_give_the_whole_product() {
+        // 101 rows (bands of 51 and 50 on two threads), a destination wider than the product,
+        // accumulating onto what is there: the banded product equals the single one.
+        let (m, n, k, stride) = (101, 37, 45, 40);
+        let a: Vec<f32> = (0..m * k)
+            .map(|i| ((i * 7919) % 97) as f32 / 97.0 - 0.5)
+            .collect();
+        let b: Vec<f32> = (0..k * n)
+            .map(|i| ((i * 104_729) % 89) as f32 / 89.0 - 0.5)
+            .collect();
+        let start: Vec<f32> = (0..m * stride).map(|i| (i % 13) as f32).collect();
+        let (mut single, mut banded) = (start.clone(), start);
+        for (dst, parallel) in [(&mut single, false), (&mut banded, true)] {
+            let (a, b) = (MatRef::rows(&a, m, k, k), MatRef::rows(&b, k, n, n));
+            matmul(dst, stride, a, b, 0.5, true, parallel);
+        }
+        for (x, y) in single.iter().zip(&banded) {
+            assert!((x - y).abs() <= 1e-5 * x.abs().max(1.0), "{x} vs {y}");
+        }
     }
 
     #[test]
