@@ -7,7 +7,7 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::model::config::{MemoryAttentionConfig, MemoryAttentionLayerConfig};
-use crate::model::nn::{Activation, LayerNorm, Linear};
+use crate::model::nn::{Activation, LayerNorm, Linear, mlp2};
 use crate::model::sam::transformer::RoPEAttention;
 
 #[derive(Debug)]
@@ -81,11 +81,9 @@ impl MemoryAttentionLayer {
             + self
                 .cross_attn_image
                 .forward(&q, &k, memory, num_k_exclude_rope)?)?;
-        // Feed-forward.
+        // Feed-forward, fused (its hidden layer is 4× wide).
         let tgt2 = self.norm3.forward(&tgt)?;
-        let tgt2 = self
-            .linear2
-            .forward(&self.activation.forward(&self.linear1.forward(&tgt2)?)?)?;
+        let tgt2 = mlp2(&tgt2, &self.linear1, &self.linear2, self.activation)?;
         tgt + tgt2
     }
 }
