@@ -365,23 +365,15 @@ impl Module for Conv2d {
             };
             return self.add_bias(y);
         }
-        if self.groups == 1 && self.stride == 1 && x.device().is_cpu() && x.dtype() == DType::F32 {
-            let y = x.contiguous()?.apply_op2_no_bwd(
-                &self.weight.contiguous()?,
-                &Conv2dTaps {
-                    padding: self.padding,
-                },
-            )?;
-            return self.add_bias(y);
-        }
         if self.groups == 1 && x.device().is_cpu() && x.dtype() == DType::F32 {
-            let y = x.contiguous()?.apply_op2_no_bwd(
-                &self.weight.contiguous()?,
-                &Conv2dUnfold {
-                    stride: self.stride,
-                    padding: self.padding,
-                },
-            )?;
+            let (x, weight) = (x.contiguous()?, self.weight.contiguous()?);
+            let padding = self.padding;
+            let y = if self.stride == 1 {
+                x.apply_op2_no_bwd(&weight, &Conv2dTaps { padding })?
+            } else {
+                let stride = self.stride;
+                x.apply_op2_no_bwd(&weight, &Conv2dUnfold { stride, padding })?
+            };
             return self.add_bias(y);
         }
         let y = x.conv2d(&self.weight, self.padding, self.stride, 1, self.groups)?;

@@ -10,12 +10,10 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, bail};
 use rayon::prelude::*;
 
 use super::matmul::{MatRef, matmul};
-use super::{contiguous_f32, simd};
+use super::{contiguous_f32, rows_per_thread, simd};
 
 const QUERY_BLOCK: usize = 512;
 const KEY_BLOCK: usize = 512;
-/// The fewest queries worth a block, and so a task, of their own.
-const MIN_QUERY_BLOCK: usize = 32;
 
 /// q [B, N, D], k [B, M, D], v [B, M, Dv] (contiguous f32) -> softmax(q kᵀ · scale) v [B, N, Dv].
 pub(crate) struct FusedAttention {
@@ -54,11 +52,8 @@ impl CustomOp3 for FusedAttention {
         }
         let mut out = vec![0f32; b * n * dv];
         let scale = self.scale;
-        // At least one block of queries per thread: the nano model's 256 queries in one block
-        // of 512 left the second core idle through memory attention.
-        let query_block = n
-            .div_ceil(rayon::current_num_threads())
-            .clamp(MIN_QUERY_BLOCK, QUERY_BLOCK);
+        // At least one block of queries per thread.
+        let query_block = rows_per_thread(n).min(QUERY_BLOCK);
         out.par_chunks_mut(n * dv)
             .enumerate()
             .for_each(|(batch, out_b)| {

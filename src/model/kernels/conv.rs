@@ -12,6 +12,33 @@ use super::matmul::{MatRef, matmul};
 /// few enough to keep a task's slice of the input in cache and both cores busy.
 const COLUMNS_PER_TASK: usize = 4096;
 
+/// A dense convolution's operands: the input [B, C, H, W] and weight [O, C, kh, kw] as contiguous
+/// f32 slices, with their shapes, once the channels are checked to agree.
+struct DenseOperands<'a> {
+    x: &'a [f32],
+    w: &'a [f32],
+    input: (usize, usize, usize, usize),
+    weight: (usize, usize, usize),
+}
+
+impl<'a> DenseOperands<'a> {
+    fn read(s1: &'a CpuStorage, l1: &Layout, s2: &'a CpuStorage, l2: &Layout) -> Result<Self> {
+        let x = contiguous_f32(s1, l1, "conv2d input")?;
+        let w = contiguous_f32(s2, l2, "conv2d weight")?;
+        let (b, c, h, wd) = l1.shape().dims4()?;
+        let (o, wc, kh, kw) = l2.shape().dims4()?;
+        if wc != c {
+            bail!("conv2d: weight {:?} for input {:?}", l2.dims(), l1.dims());
+        }
+        Ok(Self {
+            x,
+            w,
+            input: (b, c, h, wd),
+            weight: (o, kh, kw),
+        })
+    }
+}
+
 /// `nn.Conv2d(groups=1, stride=1, padding=p)` without its bias, NCHW.
 ///
 /// Each kernel tap (ky, kx) contributes `W[:, :, ky, kx]` [C_out, C_in] times the input shifted
@@ -34,14 +61,13 @@ impl CustomOp2 for Conv2dTaps {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let x = contiguous_f32(s1, l1, "conv2d input")?;
-        let w = contiguous_f32(s2, l2, "conv2d weight")?;
-        let (b, c, h, wd) = l1.shape().dims4()?;
-        let (o, wc, kh, kw) = l2.shape().dims4()?;
+        let DenseOperands {
+            x,
+            w,
+            input: (b, c, h, wd),
+            weight: (o, kh, kw),
+        } = DenseOperands::read(s1, l1, s2, l2)?;
         let p = self.padding;
-        if wc != c {
-            bail!("conv2d: weight {:?} for input {:?}", l2.dims(), l1.dims());
-        }
         let (hp, wp) = (h + 2 * p, wd + 2 * p);
         if kh == 0 || kw == 0 || kh > hp || kw > wp {
             bail!("conv2d: kernel {kh}x{kw} for a padded input of {hp}x{wp}");
@@ -133,14 +159,13 @@ impl CustomOp2 for Conv2dUnfold {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let x = contiguous_f32(s1, l1, "conv2d input")?;
-        let w = contiguous_f32(s2, l2, "conv2d weight")?;
-        let (b, c, h, wd) = l1.shape().dims4()?;
-        let (o, wc, kh, kw) = l2.shape().dims4()?;
+        let DenseOperands {
+            x,
+            w,
+            input: (b, c, h, wd),
+            weight: (o, kh, kw),
+        } = DenseOperands::read(s1, l1, s2, l2)?;
         let (s, p) = (self.stride, self.padding);
-        if wc != c {
-            bail!("conv2d: weight {:?} for input {:?}", l2.dims(), l1.dims());
-        }
         if s == 0 || kh == 0 || kw == 0 || kh > h + 2 * p || kw > wd + 2 * p {
             bail!("conv2d: kernel {kh}x{kw}, stride {s} for an input of {h}x{wd} padded by {p}");
         }
@@ -186,6 +211,7 @@ impl CustomOp2 for Conv2dUnfold {
 
 #[cfg(test)]
 mod tests {
+    use super::super::assert_matches_reference;
     use super::*;
     use candle_core::{Device, Tensor};
 
@@ -205,14 +231,7 @@ mod tests {
             let weight = Tensor::randn(0f32, 1.0, (o, c, k, k), &dev)?;
             let ours = x.apply_op2_no_bwd(&weight, &Conv2dTaps { padding: p })?;
             let candle = x.conv2d(&weight, p, 1, 1, 1)?;
-            assert_eq!(ours.dims(), candle.dims());
-            let err = (ours - &candle)?.abs()?.max_all()?.to_scalar::<f32>()?;
-            let scale = candle.abs()?.max_all()?.to_scalar::<f32>()?;
-            assert!(
-                err <= 1e-5 * scale,
-                "{:?}: max error {err} of {scale}",
-                (b, c, o, h, w, k, p)
-            );
+            assert_matches_reference(&ours, &candle, (b, c, o, h, w, k, p))?;
         }
         Ok(())
     }
@@ -239,14 +258,7 @@ mod tests {
                 },
             )?;
             let candle = x.conv2d(&weight, p, s, 1, 1)?;
-            assert_eq!(ours.dims(), candle.dims());
-            let err = (ours - &candle)?.abs()?.max_all()?.to_scalar::<f32>()?;
-            let scale = candle.abs()?.max_all()?.to_scalar::<f32>()?;
-            assert!(
-                err <= 1e-5 * scale,
-                "{:?}: max error {err} of {scale}",
-                (b, c, o, h, w, k, s, p)
-            );
+            assert_matches_reference(&ours, &candle, (b, c, o, h, w, k, s, p))?;
         }
         Ok(())
     }

@@ -8,8 +8,9 @@ use rayon::prelude::*;
 use super::matmul::{MatRef, matmul};
 use super::{contiguous_f32, simd};
 
-/// Outputs of fewer values than this are filled with the bias (and activated) on one thread.
-const PARALLEL_FILL_ABOVE: usize = 1 << 18;
+/// The fewest output values a task fills with the bias (or activates): a smaller output is done
+/// on one thread, since waking the others would cost more than the copy.
+const VALUES_PER_TASK: usize = 1 << 18;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Epilogue {
@@ -64,14 +65,9 @@ impl CustomOp3 for FusedLinear {
             );
         }
         let mut out = vec![0f32; rows * out_dim];
-        if out.len() < PARALLEL_FILL_ABOVE {
-            // A small output: waking the other threads would cost more than the copy.
-            out.chunks_mut(out_dim)
-                .for_each(|row| row.copy_from_slice(b));
-        } else {
-            out.par_chunks_mut(out_dim)
-                .for_each(|row| row.copy_from_slice(b));
-        }
+        out.par_chunks_mut(out_dim)
+            .with_min_len(VALUES_PER_TASK.div_ceil(out_dim.max(1)))
+            .for_each(|row| row.copy_from_slice(b));
         let weight = MatRef::rows(w, out_dim, in_dim, in_dim);
         matmul(
             &mut out,
@@ -83,7 +79,7 @@ impl CustomOp3 for FusedLinear {
             true,
         );
         if self.epilogue != Epilogue::None {
-            out.par_chunks_mut(PARALLEL_FILL_ABOVE)
+            out.par_chunks_mut(VALUES_PER_TASK)
                 .for_each(|chunk| self.epilogue.apply(chunk));
         }
         Ok((CpuStorage::F32(out), Shape::from((rows, out_dim))))

@@ -4,10 +4,10 @@
 use gemm::{Parallelism, gemm};
 use rayon::prelude::*;
 
+use super::{MIN_TASK_ROWS, rows_per_thread};
+
 /// Parallel products of fewer multiply-adds than this are split into bands of rows (`matmul`).
 const BANDS_BELOW_MACS: usize = 1 << 26;
-/// The fewest rows worth a band, and so a task, of their own.
-const MIN_BAND_ROWS: usize = 32;
 
 /// A read-only matrix view: element (r, c) is `data[r * row_stride + c * col_stride]`.
 #[derive(Clone, Copy)]
@@ -89,11 +89,11 @@ pub(crate) fn matmul(
     } else {
         1
     };
-    if threads > 1 && m >= 2 * MIN_BAND_ROWS && m * n * k < BANDS_BELOW_MACS {
+    if threads > 1 && m >= 2 * MIN_TASK_ROWS && m * n * k < BANDS_BELOW_MACS {
         // A small product (the nano model's 256-token projections): one single-threaded product
         // per band of rows, a band per thread. On two cores a 256³ product took 0.26 ms this way
         // and 0.31 to 0.37 ms with the gemm crate's own threading (0.32 ms on one thread).
-        let band = m.div_ceil(threads).max(MIN_BAND_ROWS);
+        let band = rows_per_thread(m);
         dst[..(m - 1) * dst_row_stride + n]
             .par_chunks_mut(band * dst_row_stride)
             .enumerate()

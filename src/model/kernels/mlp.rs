@@ -6,17 +6,14 @@
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Storage, Tensor, bail};
 use rayon::prelude::*;
 
-use super::contiguous_f32;
 use super::linear::Epilogue;
 use super::matmul::{MatRef, matmul};
+use super::{contiguous_f32, rows_per_thread};
 
 /// About this many hidden values per block (4 MiB of f32), and at least `MIN_BLOCK_ROWS` rows,
 /// so the weights are not packed again for too few rows.
 const BLOCK_HIDDEN_VALUES: usize = 1 << 20;
 const MIN_BLOCK_ROWS: usize = 512;
-/// But at least one block per thread, of no fewer rows than this: the nano model's MLPs have
-/// 256 rows or fewer, which one block of 512 left to a single core.
-const MIN_SPLIT_ROWS: usize = 32;
 
 /// x [rows, in] -> fc2(act(fc1(x))): fc1 weight [hidden, in] and bias [hidden], fc2 weight
 /// [out, hidden] and bias [out].
@@ -56,12 +53,10 @@ impl CustomOp1 for FusedMlp<'_> {
                 self.fc2.0.dims()
             );
         }
-        let per_thread = rows
-            .div_ceil(rayon::current_num_threads())
-            .max(MIN_SPLIT_ROWS);
+        // But at least one block per thread (`rows_per_thread`).
         let block = (BLOCK_HIDDEN_VALUES / hidden)
             .max(MIN_BLOCK_ROWS)
-            .min(per_thread)
+            .min(rows_per_thread(rows))
             .min(rows.max(1));
         let (w1, w1_layout) = self.fc1.0.storage_and_layout();
         let (b1, b1_layout) = self.fc1.1.storage_and_layout();

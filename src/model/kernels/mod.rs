@@ -32,6 +32,16 @@ pub(crate) use window_attention::WindowAttention;
 
 use candle_core::{CpuStorage, Layout, Result, bail};
 
+/// The fewest rows (queries, tokens) worth a task of their own.
+const MIN_TASK_ROWS: usize = 32;
+
+/// Rows per task so that each thread gets one, but no fewer than `MIN_TASK_ROWS`: the nano
+/// model's 256 queries and tokens, cut in blocks of 512, had left the second core idle.
+fn rows_per_thread(rows: usize) -> usize {
+    rows.div_ceil(rayon::current_num_threads())
+        .max(MIN_TASK_ROWS)
+}
+
 /// The f32 slice a contiguous CPU tensor covers; `what` names it in the error.
 fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> Result<&'a [f32]> {
     let CpuStorage::F32(data) = storage else {
@@ -41,4 +51,19 @@ fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> R
         Some((start, end)) => Ok(&data[start..end]),
         None => bail!("{what}: contiguous input expected"),
     }
+}
+
+/// Asserts that a kernel's output has the reference's shape and lies within 1e-5 of its largest
+/// magnitude everywhere; `case` names the shapes in the failure message.
+#[cfg(test)]
+fn assert_matches_reference(
+    ours: &candle_core::Tensor,
+    reference: &candle_core::Tensor,
+    case: impl std::fmt::Debug,
+) -> Result<()> {
+    assert_eq!(ours.dims(), reference.dims(), "{case:?}");
+    let err = (ours - reference)?.abs()?.max_all()?.to_scalar::<f32>()?;
+    let scale = reference.abs()?.max_all()?.to_scalar::<f32>()?;
+    assert!(err <= 1e-5 * scale, "{case:?}: max error {err} of {scale}");
+    Ok(())
 }

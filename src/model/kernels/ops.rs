@@ -223,6 +223,7 @@ impl CustomOp2 for DepthwiseConv2d {
 
 #[cfg(test)]
 mod tests {
+    use super::super::assert_matches_reference;
     use super::*;
     use candle_core::{Device, Tensor};
 
@@ -242,14 +243,7 @@ mod tests {
             let weight = Tensor::randn(0f32, 1.0, (c, 1, k, k), &dev)?;
             let ours = x.apply_op2_no_bwd(&weight, &DepthwiseConv2d { padding: p })?;
             let candle = x.conv2d(&weight, p, 1, 1, c)?;
-            assert_eq!(ours.dims(), candle.dims());
-            let err = (ours - &candle)?.abs()?.max_all()?.to_scalar::<f32>()?;
-            let scale = candle.abs()?.max_all()?.to_scalar::<f32>()?;
-            assert!(
-                err <= 1e-5 * scale,
-                "{:?}: max error {err} of {scale}",
-                (b, c, h, w, k, p)
-            );
+            assert_matches_reference(&ours, &candle, (b, c, h, w, k, p))?;
         }
         Ok(())
     }
