@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo bench --bench element -- [--config sam2.1_hiera_t] [--width 1280] [--height 720]
-//!     [--frames 12] [--objects 1] [--output alpha] [--skip-policy none] [--device cpu]
+//!     [--frames 12] [--objects 1] [--output alpha] [--skip-policy none] [--device cpu] [--spans]
 //! ```
 //! Runs `videotestsrc pattern=ball num-buffers=N ! video/x-raw,format=RGBA,... ! sam2refiner !
 //! fakesink sync=false` with one click per object on frame 0 (from a prompt timeline), and
@@ -11,6 +11,8 @@
 //! median time per tracked frame once the memory bank holds all its spatial memories (from frame
 //! `num_maskmem` on, as the official figures are taken; earlier frames when the run is shorter),
 //! frames per second, the latency the element reports, and the process's peak resident memory.
+//! With `--spans`, the time per frame (averaged over all frames) inside each of the engine's and
+//! the element's tracing spans: reading the frame, the model's input, tracking, mattes, rendering.
 
 mod common;
 
@@ -36,6 +38,10 @@ fn main() -> anyhow::Result<()> {
         "--frames: at least 3 (a prompted frame, then tracked ones)"
     );
 
+    if args.flag("--spans") {
+        // Before the element builds its model: the modules make their spans then.
+        common::spans::SpanProfile::install();
+    }
     gst::init()?;
     gstsam2refiner::plugin_register_static()?;
 
@@ -150,5 +156,9 @@ fn main() -> anyhow::Result<()> {
         );
     }
     println!("peak resident memory:       {:8.0} MiB", peak_rss_mib());
+    if let Some(profile) = common::spans::SpanProfile::installed() {
+        println!("per frame, inside each span (all {frames} frames):");
+        profile.print(frames);
+    }
     Ok(())
 }

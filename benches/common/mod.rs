@@ -31,6 +31,11 @@ impl Args {
             .unwrap_or_else(|| default.to_owned())
     }
 
+    /// Whether the flag `name` (a switch without a value) was given.
+    pub fn flag(&self, name: &str) -> bool {
+        self.0.iter().any(|a| a == name)
+    }
+
     /// The value after `name` parsed, or `default`; a value that does not parse is an error.
     pub fn parse<T: FromStr>(&self, name: &str, default: T) -> anyhow::Result<T> {
         match self.0.iter().position(|a| a == name) {

@@ -337,24 +337,29 @@ impl WorkerState {
             let id = self.next_id;
             self.next_id += 1;
             let renderer = self.renderer.as_ref().expect("checked above");
-            let rgb = renderer.rgb(buffer.as_ref()).map_err(|e| {
-                gst::error_msg!(gst::StreamError::Decode, ("Cannot read the frame: {e}"))
-            })?;
-            let output = self.tracker.push_frame(id, &rgb).map_err(|e| {
-                gst::error_msg!(
-                    gst::LibraryError::Failed,
-                    ("Tracking failed on frame {number}: {e}")
-                )
-            })?;
+            let rgb = tracing::trace_span!("element_frame_to_rgb")
+                .in_scope(|| renderer.rgb(buffer.as_ref()))
+                .map_err(|e| {
+                    gst::error_msg!(gst::StreamError::Decode, ("Cannot read the frame: {e}"))
+                })?;
+            let output = tracing::trace_span!("element_track")
+                .in_scope(|| self.tracker.push_frame(id, &rgb))
+                .map_err(|e| {
+                    gst::error_msg!(
+                        gst::LibraryError::Failed,
+                        ("Tracking failed on frame {number}: {e}")
+                    )
+                })?;
             if let Some(pts) = buffer.pts() {
                 self.recent.push_back((pts, id));
                 while self.recent.len() > self.tracker.options().feature_history.max(1) {
                     self.recent.pop_front();
                 }
             }
-            self.last = self.mattes(&output)?;
+            self.last = tracing::trace_span!("element_mattes").in_scope(|| self.mattes(&output))?;
         }
-        let out = self.render(buffer, number, !track)?;
+        let out = tracing::trace_span!("element_render")
+            .in_scope(|| self.render(buffer, number, !track))?;
         if track {
             self.note_latency(start.elapsed().as_nanos() as u64);
         }

@@ -7,6 +7,8 @@
 //! differs by ±1 on some pixels, which shows in the logits. So this is integer arithmetic, as
 //! Pillow's.
 
+use rayon::prelude::*;
+
 use super::RgbImage;
 
 /// Fixed-point precision of Pillow's 8-bit resampling (`PRECISION_BITS`).
@@ -67,45 +69,43 @@ fn taps(in_size: usize, out_size: usize) -> Vec<Taps> {
 }
 
 /// `clip8`: a fixed-point sum back to 8 bits.
-fn clip8(sum: i64) -> u8 {
+fn clip8(sum: i32) -> u8 {
     (sum >> PRECISION_BITS).clamp(0, 255) as u8
 }
 
+/// Rows of fewer bytes than this are merged into one task, so that rayon's scheduling does not
+/// cost more than the arithmetic (a 256-pixel output row is about 10k multiply-adds).
+const MIN_BYTES_PER_TASK: usize = 1 << 12;
+
 /// Resizes like `PIL.Image.resize((width, height))` with the default bicubic filter.
+///
+/// Sums are 32-bit, as Pillow's (`int ss`): the weights of a sample sum to 2^22 and its positive
+/// ones to less than 1.2 · 2^22, so 255 times them cannot overflow. Integer sums are exact, so
+/// each pass may add its terms in any order and split its rows across threads and still give
+/// Pillow's bytes.
 pub fn resize_bicubic(image: &RgbImage, width: usize, height: usize) -> RgbImage {
     let (iw, ih) = (image.width, image.height);
-    let half = 1i64 << (PRECISION_BITS - 1);
     let horizontal = taps(iw, width);
     let vertical = taps(ih, height);
     // Pillow skips a pass whose size does not change.
-    let mut rows = image.pixels.clone();
-    let mut row_width = iw;
     let (first_row, last_row) = if ih != height {
         let last = vertical.last().map_or(0, |t| t.first + t.weights.len());
         (vertical.first().map_or(0, |t| t.first), last)
     } else {
         (0, ih)
     };
-    if iw != width {
+    let source = &image.pixels[first_row * iw * 3..last_row * iw * 3];
+    let rows = if iw != width {
         // Horizontal pass over the rows the vertical pass will read.
         let mut out = vec![0u8; (last_row - first_row) * width * 3];
-        for (y, out_row) in (first_row..last_row).zip(out.chunks_exact_mut(width * 3)) {
-            let src = &image.pixels[y * iw * 3..(y + 1) * iw * 3];
-            for (x, tap) in horizontal.iter().enumerate() {
-                for c in 0..3 {
-                    let mut sum = half;
-                    for (k, w) in tap.weights.iter().enumerate() {
-                        sum += src[(tap.first + k) * 3 + c] as i64 * *w as i64;
-                    }
-                    out_row[x * 3 + c] = clip8(sum);
-                }
-            }
-        }
-        rows = out;
-        row_width = width;
+        out.par_chunks_exact_mut(width * 3)
+            .zip(source.par_chunks_exact(iw * 3))
+            .with_min_len(rows_per_task(width))
+            .for_each(|(out_row, src)| resize_row(src, &horizontal, out_row));
+        out
     } else {
-        rows = rows[first_row * iw * 3..last_row * iw * 3].to_vec();
-    }
+        source.to_vec()
+    };
     if ih == height {
         return RgbImage {
             width,
@@ -113,19 +113,52 @@ pub fn resize_bicubic(image: &RgbImage, width: usize, height: usize) -> RgbImage
             pixels: rows,
         };
     }
-    let mut out = vec![0u8; height * width * 3];
-    for (y, tap) in vertical.iter().enumerate() {
-        for x in 0..row_width * 3 {
-            let mut sum = half;
-            for (k, w) in tap.weights.iter().enumerate() {
-                sum += rows[(tap.first - first_row + k) * row_width * 3 + x] as i64 * *w as i64;
-            }
-            out[y * width * 3 + x] = clip8(sum);
-        }
-    }
+    let row_bytes = width * 3;
+    let mut out = vec![0u8; height * row_bytes];
+    out.par_chunks_exact_mut(row_bytes)
+        .zip(vertical.par_iter())
+        .with_min_len(rows_per_task(width))
+        .for_each_init(
+            || vec![0i32; row_bytes],
+            |sums, (out_row, tap)| {
+                // Whole rows at a time: the inner loop runs along contiguous bytes.
+                sums.fill(1 << (PRECISION_BITS - 1));
+                let first = (tap.first - first_row) * row_bytes;
+                let taps = rows[first..].chunks_exact(row_bytes);
+                for (row, &w) in taps.zip(&tap.weights) {
+                    for (sum, &v) in sums.iter_mut().zip(row) {
+                        *sum += v as i32 * w;
+                    }
+                }
+                for (o, &sum) in out_row.iter_mut().zip(sums.iter()) {
+                    *o = clip8(sum);
+                }
+            },
+        );
     RgbImage {
         width,
         height,
         pixels: out,
+    }
+}
+
+/// Rows of `width` RGB pixels per task.
+fn rows_per_task(width: usize) -> usize {
+    (MIN_BYTES_PER_TASK / (width * 3).max(1)).max(1)
+}
+
+/// One row of RGB pixels resampled along its length with `taps`.
+fn resize_row(src: &[u8], taps: &[Taps], out: &mut [u8]) {
+    for (tap, px) in taps.iter().zip(out.chunks_exact_mut(3)) {
+        let mut sums = [1i32 << (PRECISION_BITS - 1); 3];
+        let pixels = src[tap.first * 3..].chunks_exact(3);
+        for (p, &w) in pixels.zip(&tap.weights) {
+            for c in 0..3 {
+                sums[c] += p[c] as i32 * w;
+            }
+        }
+        for c in 0..3 {
+            px[c] = clip8(sums[c]);
+        }
     }
 }

@@ -3,7 +3,7 @@
 
 use candle_core::{DType, Result, Tensor};
 
-use super::kernels::PlanarScaled;
+use super::kernels::{PlanarScaled, SoftMatte};
 use super::resample::{Filter, resample};
 
 /// ImageNet normalisation, as the official transforms.
@@ -62,6 +62,32 @@ pub fn upsample_logits(masks: &Tensor, (height, width): (usize, usize)) -> Resul
     )
 }
 
+/// Logits (any shape) as matte bytes, `round(255 · sigmoid(logits / softness))` (0/255 by the
+/// sign when `softness` is 0), flattened. On the CPU one fused pass (`SoftMatte`, the same bytes).
+pub fn soft_matte(logits: &Tensor, softness: f32) -> Result<Vec<u8>> {
+    let logits = logits.to_dtype(DType::F32)?;
+    let bytes = if logits.device().is_cpu() {
+        let op = SoftMatte { softness };
+        logits.contiguous()?.apply_op1_no_bwd(&op)?
+    } else {
+        soft_matte_by_tensor_ops(&logits, softness)?
+    };
+    bytes.flatten_all()?.to_vec1::<u8>()
+}
+
+/// `soft_matte` as tensor ops, for devices without the fused kernel: u8, the shape of `logits`.
+fn soft_matte_by_tensor_ops(logits: &Tensor, softness: f32) -> Result<Tensor> {
+    let alpha = if softness > 0.0 {
+        candle_nn::ops::sigmoid(&(logits / softness as f64)?)?
+    } else {
+        logits.gt(0.0)?.to_dtype(DType::F32)?
+    };
+    (alpha * 255.0)?
+        .round()?
+        .clamp(0f32, 255f32)?
+        .to_dtype(DType::U8)
+}
+
 #[cfg(test)]
 mod tests {
     use candle_core::Device;
@@ -91,5 +117,33 @@ mod tests {
         assert_eq!(slow.dims(), &[1, 3, h, w]);
         let slow: Vec<f32> = slow.flatten_all().unwrap().to_vec1().unwrap();
         assert_eq!(fast, slow);
+    }
+
+    #[test]
+    fn soft_matte_fast_path_gives_the_tensor_ops_bit_for_bit() {
+        // Logits across the sigmoid's whole range, the tails where it rounds to 0 and 255 and
+        // the exact zero where the hard cut changes side.
+        let values: Vec<f32> = (0..40_000).map(|i| (i as f32 - 20_000.0) * 1e-3).collect();
+        let logits = Tensor::from_vec(values, (200, 200), &Device::Cpu).unwrap();
+        for softness in [0.0, 0.25, 1.0, 3.0] {
+            let fast = soft_matte(&logits, softness).unwrap();
+            let slow: Vec<u8> = soft_matte_by_tensor_ops(&logits, softness)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            assert_eq!(fast.len(), slow.len());
+            let differing = fast.iter().zip(&slow).filter(|(a, b)| a != b).count();
+            assert_eq!(
+                differing, 0,
+                "softness {softness}: {differing} bytes differ"
+            );
+            // Both ends of the matte are reached, so the comparison covers the clamps.
+            assert!(
+                fast.contains(&0) && fast.contains(&255),
+                "softness {softness}"
+            );
+        }
     }
 }

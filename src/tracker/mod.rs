@@ -60,7 +60,7 @@ use crate::error::{Error, Result};
 use crate::image::RgbImage;
 use crate::model::Sam2Base;
 use crate::model::refiner::{LocalFeatures, RefineMode, RefineStep, RefinedMasks, Refiner, crops};
-use crate::model::transforms::rgb_to_unit;
+use crate::model::transforms::{rgb_to_unit, soft_matte};
 use crate::prompt::Prompt;
 use frames::{FrameForRefiner, FrameHistory, HeldFrame};
 use memory_bank::MemoryBank;
@@ -387,7 +387,7 @@ impl Tracker {
         };
         let pixels = first.elem_count();
         let stacked = Tensor::stack(&logits.iter().map(|(_, l)| l).collect::<Vec<_>>(), 0)?;
-        let bytes = step::soft_matte(&stacked, softness)?;
+        let bytes = soft_matte(&stacked, softness)?;
         Ok(logits
             .iter()
             .zip(bytes.chunks_exact(pixels))
@@ -410,12 +410,13 @@ impl Tracker {
             .filter(|(object, _)| select(*object))
             .map(|(_, logits)| logits)
             .collect();
-        if picked.is_empty() {
-            return Ok(None);
-        }
         // The matte is monotonic in the logit: the largest logit gives the largest matte.
-        let largest = Tensor::stack(&picked, 0)?.max(0)?;
-        Ok(Some(step::soft_matte(&largest, softness)?))
+        let largest = match picked.as_slice() {
+            [] => return Ok(None),
+            [one] => one.clone(),
+            _ => Tensor::stack(&picked, 0)?.max(0)?,
+        };
+        Ok(Some(soft_matte(&largest, softness)?))
     }
 
     fn check_frame(&self, frame: FrameId, (width, height): (usize, usize)) -> Result<()> {

@@ -23,6 +23,7 @@ pub(crate) fn frame_input(
     image: &RgbImage,
     resize: FrameResize,
 ) -> Result<Tensor> {
+    let _span = tracing::trace_span!("frame_input").entered();
     let s = model.config.image_size;
     let device = model.device();
     match resize {
@@ -276,17 +277,4 @@ fn refined_at_frame(
         (None, _) => upsample_logits(&object.low_res.unsqueeze(0)?.unsqueeze(0)?, size)?,
     };
     Ok(logits.squeeze(0)?)
-}
-
-/// `round(255 · sigmoid(logits / softness))` as bytes (0/255 by the sign when softness is 0).
-pub(crate) fn soft_matte(logits: &Tensor, softness: f32) -> Result<Vec<u8>> {
-    let alpha = if softness > 0.0 {
-        candle_nn::ops::sigmoid(&(logits / softness as f64)?)?
-    } else {
-        logits.gt(0.0)?.to_dtype(DType::F32)?
-    };
-    Ok(((alpha * 255.0)?.round()?.clamp(0f32, 255f32)?)
-        .to_dtype(DType::U8)?
-        .flatten_all()?
-        .to_vec1::<u8>()?)
 }

@@ -26,7 +26,9 @@ pub(crate) use conv::{Conv2dTaps, Conv2dUnfold};
 pub(crate) use guided_apply::GuidedApply;
 pub(crate) use linear::{Epilogue, FusedLinear};
 pub(crate) use mlp::FusedMlp;
-pub(crate) use ops::{DepthwiseConv2d, GeluErf, LayerNormChannels, LayerNormLastDim, PlanarScaled};
+pub(crate) use ops::{
+    DepthwiseConv2d, GeluErf, LayerNormChannels, LayerNormLastDim, PlanarScaled, SoftMatte,
+};
 pub(crate) use resample::SeparableResample;
 pub(crate) use window_attention::WindowAttention;
 

@@ -1,4 +1,4 @@
-//! Element-wise and small-window kernels: LayerNorm, GELU, depthwise convolution.
+//! Element-wise and small-window kernels: LayerNorm, GELU, soft mattes, depthwise convolution.
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, bail};
 use rayon::prelude::*;
@@ -141,6 +141,54 @@ impl CustomOp1 for PlanarScaled {
             });
         }
         Ok((CpuStorage::F32(out), Shape::from((c, h, w))))
+    }
+}
+
+/// Logits (f32, contiguous) -> matte bytes `round(255 · sigmoid(logit / softness))`, or 0/255 by
+/// the sign when `softness` is 0: the tensor path's seven passes (scale, sigmoid, scale, round,
+/// two clamps, cast), each a full-size buffer, as one parallel pass. Each step is the tensor
+/// op's own arithmetic (`affine` is an f32 product plus 0, candle's sigmoid `1 / (exp(-x) + 1)`),
+/// so the bytes are the same.
+pub(crate) struct SoftMatte {
+    /// The matte's softness: logits are divided by it before the sigmoid.
+    pub softness: f32,
+}
+
+/// The scaled logit beyond which a soft matte's byte is 0 or 255.
+const SATURATED: f32 = 7.0;
+
+impl CustomOp1 for SoftMatte {
+    fn name(&self) -> &'static str {
+        "soft-matte"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s, l, "soft matte logits")?;
+        let inverse = (1.0 / self.softness as f64) as f32;
+        let soft = self.softness > 0.0;
+        let mut out = vec![0u8; x.len()];
+        out.par_chunks_mut(1 << 14)
+            .zip(x.par_chunks(1 << 14))
+            .for_each(|(dst, src)| {
+                for (d, &v) in dst.iter_mut().zip(src) {
+                    let alpha = if soft {
+                        let y = v * inverse + 0.0;
+                        // Beyond ±7 the byte is 0 or 255 (255 · sigmoid(7) = 254.77), and most
+                        // of a matte is: no exponential there.
+                        if y < -SATURATED {
+                            0.0
+                        } else if y > SATURATED {
+                            1.0
+                        } else {
+                            1.0 / ((-y).exp() + 1.0)
+                        }
+                    } else {
+                        f32::from(v > 0.0)
+                    };
+                    *d = (alpha * 255.0 + 0.0).round().clamp(0.0, 255.0) as u8;
+                }
+            });
+        Ok((CpuStorage::U8(out), l.shape().clone()))
     }
 }
 
