@@ -41,7 +41,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 import scenes
 from common import (
@@ -352,6 +352,11 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=100)
     ap.add_argument("--log-every", type=int, default=50)
     ap.add_argument("--out", type=Path, default=WEIGHTS)
+    ap.add_argument(
+        "--init", type=Path, default=None,
+        help="start from these weights (a released safetensors) instead of from scratch: a further run of "
+        "training, with its own seed, warm-up and schedule, and a fresh optimiser",
+    )
     ap.add_argument("--checkpoint", type=Path, default=None, help="resume from (and keep writing) this f32 state")
     ap.add_argument("--max-steps", type=int, default=None, help="stop after this many steps of the schedule")
     ap.add_argument("--export-only", action="store_true", help="write --out from --checkpoint and stop")
@@ -364,6 +369,10 @@ def main() -> None:
     init_prompt_attention(model)
     iou_logits(model)
     no_dropout(model)
+    if args.init is not None:
+        weights = load_file(str(args.init))
+        model.load_state_dict({k: v.to(args.device, torch.float32) for k, v in weights.items()})
+        print(f"initialised from {args.init}")
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     print(f"parameters: {sum(p.numel() for p in params) / 1e6:.2f} M")
