@@ -12,6 +12,9 @@ the model itself, with the semantics our engine reproduces:
   (so the others pass in front of it), clicked once on frame 0 and tracked to the end. A frame's IoU is
   1 when the object is gone and the prediction empty; the figure is the mean over frames, then clips.
 
+Below the table, not a target: the one-click figure had each object's best candidate been kept, which
+says how much the choice by predicted IoU costs. `--clips 0` scores the images alone.
+
     /opt/sam2-reference/bin/python models/nano/evaluate.py [--weights models/nano/sam2.1_nano.safetensors]
 """
 
@@ -55,12 +58,12 @@ def load(model, weights: Path):
 
 
 @torch.inference_mode()
-def evaluate_images(weights: Path, count: int) -> tuple[float, float, int]:
+def evaluate_images(weights: Path, count: int) -> tuple[float, float, float, int]:
     model = load(build_model(), weights)
     predictor = SAM2ImagePredictor(model)
     # The official predictor assumes 1024 px (feature sizes 256, 128, 64): give it ours.
     predictor._bb_feat_sizes = [(model.image_size // s,) * 2 for s in (4, 8, 16)]
-    clicks, boxes = [], []
+    clicks, best_of_three, boxes = [], [], []
     for i in range(count):
         image, masks = scenes.random_scene(EVAL_SEED_BASE + i, still=True).render(0)
         predictor.set_image(to_uint8(image))
@@ -69,10 +72,12 @@ def evaluate_images(weights: Path, count: int) -> tuple[float, float, int]:
                 continue
             x, y = interior_point(gt)
             out, scores, _ = predictor.predict(np.array([[x, y]], dtype=np.float32), np.array([1]), multimask_output=True)
-            clicks.append(iou(torch.from_numpy(out[int(np.argmax(scores))]).bool(), gt))
+            candidates = [iou(torch.from_numpy(mask).bool(), gt) for mask in out]
+            clicks.append(candidates[int(np.argmax(scores))])
+            best_of_three.append(max(candidates))
             out, _, _ = predictor.predict(box=np.array(bounding_box(gt), dtype=np.float32), multimask_output=False)
             boxes.append(iou(torch.from_numpy(out[0]).bool(), gt))
-    return float(np.mean(clicks)), float(np.mean(boxes)), len(clicks)
+    return float(np.mean(clicks)), float(np.mean(best_of_three)), float(np.mean(boxes)), len(clicks)
 
 
 def video_state(predictor, images: torch.Tensor) -> dict:
@@ -129,15 +134,20 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     began = time.time()
-    click, box, objects = evaluate_images(args.weights, args.images)
-    video, hidden, clips = evaluate_video(args.weights, args.clips, args.frames)
-    print(f"held-out set: {args.images} images ({objects} objects), {clips} clips of {args.frames} frames "
-          f"(target partly hidden on {100 * hidden:.0f} % of frames); {time.time() - began:.0f} s")
+    click, best_of_three, box, objects = evaluate_images(args.weights, args.images)
+    clips_line = ""
+    if args.clips > 0:
+        video, hidden, clips = evaluate_video(args.weights, args.clips, args.frames)
+        clips_line = f", {clips} clips of {args.frames} frames (target partly hidden on {100 * hidden:.0f} % of frames)"
+    print(f"held-out set: {args.images} images ({objects} objects){clips_line}; {time.time() - began:.0f} s")
     print("| metric | nano | target |")
     print("|---|---|---|")
     print(f"| image mIoU, one click | {click:.3f} | ≥ 0.90 |")
     print(f"| image mIoU, box | {box:.3f} | ≥ 0.93 |")
-    print(f"| video mean IoU, one click on frame 0, {args.frames} frames | {video:.3f} | ≥ 0.85 |")
+    if args.clips > 0:
+        print(f"| video mean IoU, one click on frame 0, {args.frames} frames | {video:.3f} | ≥ 0.85 |")
+    # Not a target: how much the choice among the three candidates by predicted IoU costs.
+    print(f"one click, the best of the three candidates (an oracle's pick): {best_of_three:.3f}")
 
 
 if __name__ == "__main__":

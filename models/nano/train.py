@@ -360,6 +360,9 @@ def main() -> None:
     ap.add_argument("--checkpoint", type=Path, default=None, help="resume from (and keep writing) this f32 state")
     ap.add_argument("--max-steps", type=int, default=None, help="stop after this many steps of the schedule")
     ap.add_argument("--export-only", action="store_true", help="write --out from --checkpoint and stop")
+    ap.add_argument("--train", nargs="+", metavar="PREFIX", default=[""],
+                    help="train only the parameters whose names start with one of these (the others keep the "
+                    "values they start from, e.g. --init's); default: all")
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -374,8 +377,11 @@ def main() -> None:
         model.load_state_dict({k: v.to(args.device, torch.float32) for k, v in weights.items()})
         print(f"initialised from {args.init}")
     model.train()
+    for name, p in model.named_parameters():
+        p.requires_grad_(name.startswith(tuple(args.train)))
     params = [p for p in model.parameters() if p.requires_grad]
-    print(f"parameters: {sum(p.numel() for p in params) / 1e6:.2f} M")
+    print(f"parameters: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M, "
+          f"{sum(p.numel() for p in params) / 1e6:.3f} M trained")
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.05)
     total = args.image_steps + args.clip_steps
     warmup = args.warmup
