@@ -55,17 +55,31 @@ fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> R
     }
 }
 
-/// Asserts that a kernel's output has the reference's shape and lies within 1e-5 of its largest
-/// magnitude everywhere; `case` names the shapes in the failure message.
+/// Asserts that a fast path's output has the reference's shape and lies within 1e-5 of its
+/// largest magnitude everywhere; `case` names the shapes in the failure message.
 #[cfg(test)]
-fn assert_matches_reference(
+pub(crate) fn assert_matches_reference(
     ours: &candle_core::Tensor,
     reference: &candle_core::Tensor,
+    case: impl std::fmt::Debug,
+) -> Result<()> {
+    assert_within(ours, reference, 1e-5, case)
+}
+
+/// `assert_matches_reference` with another tolerance, relative to the reference's largest magnitude.
+#[cfg(test)]
+pub(crate) fn assert_within(
+    ours: &candle_core::Tensor,
+    reference: &candle_core::Tensor,
+    tolerance: f32,
     case: impl std::fmt::Debug,
 ) -> Result<()> {
     assert_eq!(ours.dims(), reference.dims(), "{case:?}");
     let err = (ours - reference)?.abs()?.max_all()?.to_scalar::<f32>()?;
     let scale = reference.abs()?.max_all()?.to_scalar::<f32>()?;
-    assert!(err <= 1e-5 * scale, "{case:?}: max error {err} of {scale}");
+    assert!(
+        err <= tolerance * scale,
+        "{case:?}: max error {err} of {scale}"
+    );
     Ok(())
 }

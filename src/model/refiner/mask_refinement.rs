@@ -296,6 +296,7 @@ fn upsample(x: &Tensor, side: usize) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::kernels::assert_matches_reference;
     use candle_core::Device;
 
     /// Deterministic values in [lo, hi], spread like noise: `sin` of a long stride.
@@ -327,9 +328,6 @@ mod tests {
         let fused = masks.at_frame(&frame)?;
         let tensors = masks.at_frame_by_tensors(&frame, (3, h, w))?;
         assert_eq!(fused.dims(), &[1, k, h, w]);
-        let err = (&fused - &tensors)?.abs()?.max_all()?.to_scalar::<f32>()?;
-        let scale = tensors.abs()?.max_all()?.to_scalar::<f32>()?;
-        assert!(err <= 1e-5 * scale, "max difference {err} (scale {scale})");
-        Ok(())
+        assert_matches_reference(&fused, &tensors, (k, s, h, w))
     }
 }
