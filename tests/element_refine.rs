@@ -1,5 +1,5 @@
 //! The element with a refiner: `refine` off gives plain SAM 2 (and says so in the metadata),
-//! quadrants and roi refine (and say so), and a refiner file trained for other weights, or not a
+//! quadrants and roi refine (and say so), `refine-pin-clicks` reaches the tracker, and a refiner file trained for other weights, or not a
 //! refiner file at all, fails the start with the reason. The refiner is the parity fixture's
 //! (random weights that change every mask) on the built-in nano model.
 
@@ -37,7 +37,12 @@ fn nano_element(props: &[(&str, &str)]) -> gst::Element {
 
 /// Each frame's (matte, refined flag) of object 1, clicked on frame 0.
 fn run(props: &[(&str, &str)]) -> Vec<(Vec<u8>, bool)> {
-    let prompts = timeline("refine-click.json", CLICK);
+    run_prompted(("refine-click.json", CLICK), props)
+}
+
+/// `run` with the prompt timeline `(file name, JSON)`.
+fn run_prompted((name, json): (&str, &str), props: &[(&str, &str)]) -> Vec<(Vec<u8>, bool)> {
+    let prompts = timeline(name, json);
     let mut all: Vec<(&str, &str)> = vec![("prompts", prompts.as_str())];
     all.extend_from_slice(props);
     let element = nano_element(&all);
@@ -72,6 +77,24 @@ fn refine_off_is_plain_sam2_and_the_modes_refine() {
             "{mode}: the refiner's masks differ from SAM 2's"
         );
     }
+}
+
+/// A negative click beside the positive one: pinned (the default), the filter holds each
+/// click's label around it, and the prompted frame's matte is not the unpinned one.
+#[test]
+fn refine_pin_clicks_reaches_the_tracker() {
+    const TWO_CLICKS: &str = r#"{"prompts": [{"frame": 0, "object": 1, "points": [[20, 24], [22, 24]], "labels": [1, 0]}]}"#;
+    let refiner = refiner_file();
+    let prompts = ("refine-two-clicks.json", TWO_CLICKS);
+    let pinned = run_prompted(prompts, &[("refiner-weights", &refiner)]);
+    let unpinned = run_prompted(
+        prompts,
+        &[
+            ("refiner-weights", &refiner),
+            ("refine-pin-clicks", "false"),
+        ],
+    );
+    assert_ne!(pinned[0].0, unpinned[0].0, "the pins change nothing");
 }
 
 #[test]
@@ -124,7 +147,13 @@ fn refine_properties_are_documented_with_their_defaults() {
         let (_, nick) = glib::EnumValue::from_value(&value).unwrap();
         assert_eq!(nick.nick(), default, "{name}");
     }
-    for name in ["refiner-weights", "refine", "refine-memory"] {
+    assert!(element.property::<bool>("refine-pin-clicks"));
+    for name in [
+        "refiner-weights",
+        "refine",
+        "refine-memory",
+        "refine-pin-clicks",
+    ] {
         let pspec = element.find_property(name).unwrap();
         assert!(
             pspec.blurb().is_some_and(|b| b.len() > 40),

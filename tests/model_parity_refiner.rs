@@ -3,8 +3,9 @@
 //! on clicks, a box, clicks with a box, and a click with a mask prompt. With the refiner off,
 //! the output is plain SAM 2 bit for bit; a refiner for another base refuses to load. The
 //! streaming tracker with the refiner against the official video predictor with it
-//! (`models/refiner/video_path.py`), in each mode and with either mask fed to the memory. Each
-//! module's path is shown to matter: silenced, the comparison fails.
+//! (`models/refiner/video_path.py`), in each mode and with either mask fed to the memory, and
+//! with two clicks pinned on the prompted frame. Each module's path and the tracker's pins are
+//! shown to matter: silenced, the comparison fails.
 
 mod common;
 
@@ -391,6 +392,26 @@ fn tracked(
     mode: RefineMode,
     memory: MemoryMask,
 ) -> Vec<(usize, Tensor)> {
+    tracked_with(base, refiner, mode, memory, Clicks::One, true)
+}
+
+/// The prompt on frame 0 of the fixture's clip.
+#[derive(Clone, Copy)]
+enum Clicks {
+    /// The positive click alone.
+    One,
+    /// The positive click and the negative one beside it.
+    PositiveAndNegative,
+}
+
+fn tracked_with(
+    base: &BaseIdentity,
+    refiner: Refiner,
+    mode: RefineMode,
+    memory: MemoryMask,
+    clicks: Clicks,
+    pin_clicks: bool,
+) -> Vec<(usize, Tensor)> {
     let mut config = Sam2Config::load(nano::PRESET).unwrap();
     config.apply_build_overrides(BuildMode::Video);
     let model = build_model(&config, nano::weights().unwrap(), DType::F32, &Device::Cpu).unwrap();
@@ -400,6 +421,7 @@ fn tracked(
     options.fill_hole_area = 0;
     options.refine_mode = mode;
     options.memory_mask = memory;
+    options.pin_clicks = pin_clicks;
     let mut tracker = Tracker::new(model, options);
     assert_eq!(refiner.base, *base);
     tracker.set_refiner(Some(refiner));
@@ -407,10 +429,16 @@ fn tracked(
         &std::fs::read_to_string(fixture_dir("refiner").join("video.json")).unwrap(),
     )
     .unwrap();
-    let click = [
-        meta["click"][0].as_f64().unwrap() as f32,
-        meta["click"][1].as_f64().unwrap() as f32,
-    ];
+    let point = |key: &str| {
+        [
+            meta[key][0].as_f64().unwrap() as f32,
+            meta[key][1].as_f64().unwrap() as f32,
+        ]
+    };
+    let (points, labels) = match clicks {
+        Clicks::One => (vec![point("click")], vec![1]),
+        Clicks::PositiveAndNegative => (vec![point("click"), point("negative_click")], vec![1, 0]),
+    };
     let frames = meta["frames"].as_u64().unwrap() as usize;
     (0..frames)
         .map(|t| {
@@ -422,8 +450,8 @@ fn tracked(
                 let prompt = Prompt {
                     frame: 0,
                     object: 1,
-                    points: vec![click],
-                    labels: vec![1],
+                    points: points.clone(),
+                    labels: labels.clone(),
                     bbox: None,
                     mask: None,
                 };
@@ -460,6 +488,35 @@ fn the_refined_tracker_matches_pytorch_in_every_mode() {
             let key = format!("{mode}/{memory}/frame{t}");
             assert_logits_match(&key, &logits, &expected[&key]);
         }
+    }
+}
+
+/// The prompt's clicks are pinned in the guided filter's input, as in the image path: unpinned,
+/// the prompted frame and, through its memory, the tracked ones no longer match.
+#[test]
+fn the_refined_tracker_pins_the_prompts_clicks_as_pytorch_does() {
+    let (_, base) = nano_model();
+    let expected = video_expected();
+    let run = |pin_clicks| {
+        tracked_with(
+            &base,
+            refiner(&base, None),
+            RefineMode::Roi,
+            MemoryMask::Refined,
+            Clicks::PositiveAndNegative,
+            pin_clicks,
+        )
+    };
+    for (t, logits) in run(true) {
+        let key = format!("two_clicks/roi/refined/frame{t}");
+        assert_logits_match(&key, &logits, &expected[&key]);
+    }
+    for (t, logits) in run(false) {
+        let key = format!("two_clicks/roi/refined/frame{t}");
+        assert!(
+            !logits_match(&logits, &expected[&key]),
+            "{key} matches without the pins"
+        );
     }
 }
 

@@ -136,7 +136,8 @@ def _nano_evaluate():
 
 
 @torch.inference_mode()
-def evaluate_video(refiner, modes: list[str], clips: int, frames: int, frame_size: int, memory_mask: str = "sam2") -> dict:
+def evaluate_video(refiner, modes: list[str], clips: int, frames: int, frame_size: int, memory_mask: str = "sam2",
+                   pin_clicks: bool = True) -> dict:
     """{mode: [per clip (mean IoU, mean boundary IoU) over its frames]}."""
     nano = _nano_evaluate()
     results = {mode: [] for mode in modes}
@@ -154,7 +155,7 @@ def evaluate_video(refiner, modes: list[str], clips: int, frames: int, frame_siz
         x, y = interior_point(first[target] > 0.5)
         for mode in modes:
             predictor = nano.load(nano.build_model(nano.VIDEO_OVERRIDES), WEIGHTS)
-            video = None if mode == "off" else RefinedVideoPredictor(predictor, refiner, mode, memory_mask)
+            video = None if mode == "off" else RefinedVideoPredictor(predictor, refiner, mode, memory_mask, pin_clicks)
             if video is not None:
                 video.frames = pixels
             with tempfile.TemporaryDirectory() as d:
@@ -189,7 +190,8 @@ def main() -> None:
     ap.add_argument("--memory-mask", choices=MEMORY_MASKS, default="sam2",
                     help="video: what the memory encoder is fed, the refined mask or SAM 2's own")
     ap.add_argument("--no-pin-clicks", action="store_true",
-                    help="refined modes: the guided filter sees the decoder's mask alone (for comparison)")
+                    help="refined modes: the guided filter sees the decoder's mask alone, on images and on the "
+                    "clip's prompted frame (for comparison)")
     ap.add_argument("--no-click-guard", action="store_true",
                     help="refined modes: corrections are never refused (for comparison)")
     ap.add_argument("--sessions-out", type=Path,
@@ -206,7 +208,8 @@ def main() -> None:
     shared = "quadrants" in args.modes and "roi" in args.modes and not refiner.reads_crops()
     run = [m for m in args.modes if not (shared and m == "quadrants")]
     results = evaluate(model, refiner, run, args.images, 2 * model.image_size, not args.no_pin_clicks, not args.no_click_guard)
-    video = evaluate_video(refiner, run, args.clips, args.frames, 2 * model.image_size, args.memory_mask) if args.clips else None
+    video = evaluate_video(refiner, run, args.clips, args.frames, 2 * model.image_size, args.memory_mask,
+                           not args.no_pin_clicks) if args.clips else None
     if args.sessions_out:
         np.savez(args.sessions_out, **{m: np.array(results[m]["session"]) for m in run})
     if shared:

@@ -10,7 +10,10 @@ the input size and the frame is not square. Writes `tests/fixtures/refiner/`: `f
 
 The video path: the official video predictor with the refiner in its SAM heads (`video_path.py`), one click
 on frame 0 of a moving fine-structure clip at 192×256, tracked over frames 1 to 3, in each mode and with
-either mask fed to the memory: `video/NNNN.png` and `video.safetensors`. Image cases record the click guard's
+either mask fed to the memory: `video/NNNN.png` and `video.safetensors`. One more video case
+(`two_clicks/`) adds a negative click 12 pixels right of the positive one: there the prompt's clicks,
+pinned in the guided filter's input, change the prompted frame and, through its memory, the next ones (the
+one interior click alone changes the output by less than the tolerance). Image cases record the click guard's
 decisions (`kept_mask_prompt`) beside the masks: one correction it lets through, two it refuses. Image and video cases are also
 recorded with the crops' readers silenced (`filter_only/`: LA's gates and the MR cascade zeroed, PR and the
 guided filter live), the path where the engine skips the crops' encoder passes. The clip is declared 16 frames
@@ -211,10 +214,11 @@ def record_video(refiner: Refiner) -> None:
     for t in range(VIDEO_RUN):
         Image.fromarray(frames[t]).save(OUT / "video" / f"{t:04}.png")
     click = list(interior_point(target))
-    expected = {}
-    for mode, memory, silenced in VIDEO_CASES:
+    negative = [click[0] + 12, click[1]]
+
+    def track(refiner: Refiner, mode: str, memory: str, points: list, labels: list) -> list[torch.Tensor]:
         predictor = load(build_model(VIDEO_OVERRIDES), WEIGHTS)
-        video = RefinedVideoPredictor(predictor, crops_silenced(refiner) if silenced else refiner, mode, memory)
+        video = RefinedVideoPredictor(predictor, refiner, mode, memory)
         video.frames = frames
         with tempfile.TemporaryDirectory() as d:
             for t in range(VIDEO_DECLARED):
@@ -224,13 +228,23 @@ def record_video(refiner: Refiner) -> None:
         state["images"] = torch.stack([video.transform(f) for f in frames])
         state["video_height"], state["video_width"] = VIDEO_HW
         state["cached_features"] = {}
-        predictor.add_new_points_or_box(state, 0, 1, points=np.array([click], np.float32), labels=np.array([1]))
+        predictor.add_new_points_or_box(state, 0, 1, points=np.array(points, np.float32), labels=np.array(labels))
+        logits = []
         for t, _, _ in predictor.propagate_in_video(state):
-            prefix = "filter_only/" if silenced else ""
-            expected[f"{prefix}{mode}/{memory}/frame{t}"] = video.frame_logits(t, 0)[0, 0].float().clone()
+            logits.append(video.frame_logits(t, 0)[0, 0].float().clone())
             if t == VIDEO_RUN - 1:
                 break
-    (OUT / "video.json").write_text(json.dumps({"click": click, "frames": VIDEO_RUN}) + "\n")
+        return logits
+
+    expected = {}
+    for mode, memory, silenced in VIDEO_CASES:
+        prefix = "filter_only/" if silenced else ""
+        for t, logits in enumerate(track(crops_silenced(refiner) if silenced else refiner, mode, memory, [click], [1])):
+            expected[f"{prefix}{mode}/{memory}/frame{t}"] = logits
+    for t, logits in enumerate(track(refiner, "roi", "refined", [click, negative], [1, 0])):
+        expected[f"two_clicks/roi/refined/frame{t}"] = logits
+    meta = {"click": click, "negative_click": negative, "frames": VIDEO_RUN}
+    (OUT / "video.json").write_text(json.dumps(meta) + "\n")
     save_file({k: v.contiguous() for k, v in expected.items()}, str(OUT / "video.safetensors"))
     print(f"wrote the video cases: {len(expected)} tensors")
 

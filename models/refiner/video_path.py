@@ -10,6 +10,8 @@ what the evaluation tracks with. Per frame and object:
   of the object's refined mask on the previous frame it was seen on (on a prompted frame: the prompt's
   box, else its clicks' box);
 - the memory encoder is fed `memory_mask`: the refined mask (`refined`) or SAM 2's own (`sam2`);
+- on a prompted frame the prompt's clicks are pinned in the guided filter's input (`pin_clicks`, on by
+  default, as in the image path); tracked frames have no clicks to pin;
 - the output is the refined mask at the frame's resolution (`frame_logits`: the base upsampled, the
   guided filter applied with the frame; absent objects keep SAM 2's no-object score).
 """
@@ -40,12 +42,13 @@ def frame_input(frame: np.ndarray, image_size: int) -> torch.Tensor:
 
 
 class RefinedVideoPredictor:
-    def __init__(self, predictor, refiner: Refiner, mode: str, memory_mask: str = "sam2"):
+    def __init__(self, predictor, refiner: Refiner, mode: str, memory_mask: str = "sam2", pin_clicks: bool = True):
         if mode not in ("quadrants", "roi"):
             raise ValueError(f"mode {mode!r}")
         if memory_mask not in MEMORY_MASKS:
             raise ValueError(f"memory_mask {memory_mask!r}")
         self.p, self.refiner, self.mode, self.memory_mask = predictor, refiner, mode, memory_mask
+        self.pin_clicks = pin_clicks
         self.frames: list[np.ndarray] = []
         self.refined: dict[tuple[int, int], torch.Tensor] = {}  # (frame, obj) -> [1, 1, S, S]
         self.refined_masks: dict[tuple[int, int], tuple] = {}  # (frame, obj) -> (RefinedMasks, appearing)
@@ -151,7 +154,12 @@ class RefinedVideoPredictor:
         if refine:
             local_s2, coverage = stride2_local(local, s) if local is not None else (None, None)
             image = self.transform(self.frames[frame_idx])[None]
-            masks = self.refiner.mask_refinement(low, upscaled, image, local_s2, coverage)
+            pins = None
+            if self.pin_clicks and point_inputs is not None:
+                if b != 1:
+                    raise ValueError(f"clicks for a batch of {b} objects: the predictor prompts one at a time")
+                pins = (coords[0], labels[0])
+            masks = self.refiner.mask_refinement(low, upscaled, image, local_s2, coverage, pins)
             refined = torch.where(appearing[:, :, None, None], masks.logits, NO_OBJ_SCORE)
             self.refined[(frame_idx, obj)] = refined
             self.refined_masks[(frame_idx, obj)] = (masks, appearing)

@@ -50,6 +50,7 @@ struct Settings {
     refiner_weights: Option<PathBuf>,
     refine: RefineProp,
     refine_memory: RefineMemoryProp,
+    refine_pin_clicks: bool,
     device: String,
     output: OutputMode,
     matte_objects: String,
@@ -75,6 +76,7 @@ impl Default for Settings {
             refiner_weights: None,
             refine: DEFAULT_REFINE,
             refine_memory: RefineMemoryProp::Sam2,
+            refine_pin_clicks: true,
             device: DEFAULT_DEVICE.into(),
             output: DEFAULT_OUTPUT,
             matte_objects: String::new(),
@@ -208,6 +210,12 @@ impl ObjectImpl for Sam2Refiner {
                 glib::ParamSpecEnum::builder_with_default("refine-memory", RefineMemoryProp::Sam2)
                     .nick("Refine memory")
                     .blurb("What the tracker remembers of a refined frame: sam2 (SAM 2's own mask, the memory path unchanged; the default, which tracks better on our held-out clips) or refined (the refined mask)")
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecBoolean::builder("refine-pin-clicks")
+                    .nick("Refine pin clicks")
+                    .blurb("On a prompted frame, hold each click's label in the refiner's guided filter around the click (within 1/32 of the model's input size), so that the refined matte keeps a click the model's coarse mask missed; off: the filter sees SAM 2's mask alone")
+                    .default_value(true)
                     .mutable_ready()
                     .build(),
                 glib::ParamSpecString::builder("device")
@@ -441,6 +449,7 @@ impl ObjectImpl for Sam2Refiner {
             "refiner-weights" => s.refiner_weights = path(value),
             "refine" => s.refine = value.get().expect("type checked"),
             "refine-memory" => s.refine_memory = value.get().expect("type checked"),
+            "refine-pin-clicks" => s.refine_pin_clicks = value.get().expect("type checked"),
             "device" => {
                 s.device = value
                     .get::<Option<String>>()
@@ -483,6 +492,7 @@ impl ObjectImpl for Sam2Refiner {
             "refiner-weights" => path(&s.refiner_weights).to_value(),
             "refine" => s.refine.to_value(),
             "refine-memory" => s.refine_memory.to_value(),
+            "refine-pin-clicks" => s.refine_pin_clicks.to_value(),
             "device" => s.device.to_value(),
             "output" => s.output.to_value(),
             "matte-objects" => s.matte_objects.to_value(),
@@ -649,6 +659,7 @@ impl Sam2Refiner {
         }
         options.refine_mode = settings.refine.into();
         options.memory_mask = settings.refine_memory.into();
+        options.pin_clicks = settings.refine_pin_clicks;
         if let Some(path) = &settings.refiner_weights {
             gst::info!(
                 CAT,

@@ -438,7 +438,7 @@ impl Sam2Base {
                         .broadcast_as(step.image.dims4().map(|(_, c, h, w)| (b, c, h, w))?)?
                         .contiguous()?,
                     local.as_ref().map(|(l, c)| (l, c)),
-                    &[],
+                    step.pins,
                 )?;
                 let logits = &refined.logits;
                 let absent = Tensor::full(NO_OBJ_SCORE, (), &self.device)?

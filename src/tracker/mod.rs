@@ -556,6 +556,7 @@ impl Tracker {
             locals,
             image: &held.refine.as_ref()?.input,
             memory_mask: self.options.memory_mask,
+            pins: &[],
         })
     }
 

@@ -45,6 +45,9 @@ pub struct TrackerOptions {
     pub refine_mode: RefineMode,
     /// What the memory encoder of a refined step is fed.
     pub memory_mask: MemoryMask,
+    /// On a prompted frame, pin each click's label in the refiner's guided filter input around
+    /// it (as the image path does): a click the stride-4 mask missed is not filtered away.
+    pub pin_clicks: bool,
 }
 
 impl TrackerOptions {
@@ -63,6 +66,7 @@ impl TrackerOptions {
             frame_resize: FrameResize::Pil,
             refine_mode: RefineMode::Off,
             memory_mask: MemoryMask::default(),
+            pin_clicks: true,
         }
     }
 }

@@ -10,7 +10,7 @@ use super::{FrameOutput, ObjectId, ObjectOutput};
 use crate::error::{Error, Result};
 use crate::image::{RgbImage, resize_bicubic};
 use crate::model::fill_holes::fill_holes;
-use crate::model::refiner::{MemoryMask, RefineStep};
+use crate::model::refiner::{Click, MemoryMask, RefineStep};
 use crate::model::resample::{Filter, resample};
 use crate::model::sam2_base::{SamHeadsOutput, apply_non_overlapping_constraints};
 use crate::model::transforms::{image_to_input, normalize, upsample_logits};
@@ -123,7 +123,8 @@ pub(crate) fn track(
 /// A prompted step: a first prompt (`correction` None) or a correction of the frame's tracked
 /// output (its low-res logits and the memories the frame reads). The memory is then encoded from
 /// the kept logits, binarised, as the official predictor does before tracking on
-/// (`propagate_in_video_preflight`).
+/// (`propagate_in_video_preflight`). With a refiner, the prompt's clicks are pinned in its guided
+/// filter's input when `options.pin_clicks` says so.
 pub(crate) fn prompt(
     model: &Sam2Base,
     options: &TrackerOptions,
@@ -135,7 +136,7 @@ pub(crate) fn prompt(
     let device = model.device();
     let s = model.config.image_size as f32;
     let (w, h) = frame.size;
-    let (points, mask_input) = match &prompt.mask {
+    let (points, mask_input, clicks) = match &prompt.mask {
         Some(mask) => {
             let m: Vec<f32> = mask.data.iter().map(|&v| f32::from(v != 0)).collect();
             let m = Tensor::from_vec(m, (1, 1, mask.height, mask.width), device)?;
@@ -148,7 +149,7 @@ pub(crate) fn prompt(
                     .ge(0.5)?
                     .to_dtype(DType::F32)?
             };
-            (None, Some(m.to_dtype(model.dtype())?))
+            (None, Some(m.to_dtype(model.dtype())?), Vec::new())
         }
         None => {
             // Pixels of the frame -> pixels of the S×S input; a box goes first, as two corners.
@@ -161,13 +162,14 @@ pub(crate) fn prompt(
             }
             coords.extend(prompt.points.iter().map(|&p| to_input(p)));
             labels.extend(prompt.labels.iter().map(|&l| l as f32));
+            let clicks = Click::from_points(&coords, &labels);
             let n = coords.len();
             let points = PointInputs {
                 coords: Tensor::from_vec(coords.concat(), (1, n, 2), device)?
                     .to_dtype(model.dtype())?,
                 labels: Tensor::from_vec(labels, (1, n), device)?,
             };
-            (Some(points), None)
+            (Some(points), None, clicks)
         }
     };
     // A correction by clicks feeds the frame's previous logits (clamped) as the mask prompt.
@@ -178,6 +180,8 @@ pub(crate) fn prompt(
         _ => None,
     };
     let objects: Vec<ObjectMemory> = correction.map(|(_, m)| m.clone()).into_iter().collect();
+    let pins: &[Click] = if options.pin_clicks { &clicks } else { &[] };
+    let refine = refine.map(|step| RefineStep { pins, ..step });
     let out = model.track_step(&TrackStepInput {
         features: &frame.features,
         is_init_cond_frame: correction.is_none(),

@@ -130,6 +130,9 @@ pub struct RefineStep<'a> {
     /// The frame's normalised input [1, 3, S, S].
     pub image: &'a Tensor,
     pub memory_mask: MemoryMask,
+    /// The prompt's clicks (input pixels), pinned in the guided filter's input as the image path
+    /// pins them; empty on tracked frames, which have no clicks.
+    pub pins: &'a [Click],
 }
 
 /// The base model a refiner file was trained on, as its metadata records it.
