@@ -12,8 +12,10 @@ the model itself, with the semantics our engine reproduces:
   (so the others pass in front of it), clicked once on frame 0 and tracked to the end. A frame's IoU is
   1 when the object is gone and the prediction empty; the figure is the mean over frames, then clips.
 
-Below the table, not a target: the one-click figure had each object's best candidate been kept, which
-says how much the choice by predicted IoU costs. `--clips 0` scores the images alone.
+Below the table, not targets: the one-click figure had each object's best candidate been kept, which
+says how much the choice by predicted IoU costs; and the video frames' mean IoU by the target's state
+(frame 0, later frames with it whole, partly hidden by the objects in front, gone), which says whether
+the video figure is lost to the click's own mask or to tracking. `--clips 0` scores the images alone.
 
     /opt/sam2-reference/bin/python models/nano/evaluate.py [--weights models/nano/sam2.1_nano.safetensors]
 """
@@ -93,9 +95,12 @@ def video_state(predictor, images: torch.Tensor) -> dict:
 
 
 @torch.inference_mode()
-def evaluate_video(weights: Path, count: int, frames: int) -> tuple[float, float, int]:
+def evaluate_video(weights: Path, count: int, frames: int) -> tuple[float, float, int, dict[str, list[float]]]:
+    """The video figure, the share of frames where the target is partly hidden, the clip count, and
+    each frame's IoU by the target's state (`where_lost`)."""
     predictor = load(build_model(VIDEO_OVERRIDES), weights)
     per_clip, occluded = [], []
+    states: dict[str, list[float]] = {"frame 0": [], "whole": [], "partly hidden": [], "gone": [], "gone, empty": []}
     seed = EVAL_SEED_BASE + 1_000_000
     while len(per_clip) < count:
         scene = scenes.random_scene(seed)
@@ -110,18 +115,34 @@ def evaluate_video(weights: Path, count: int, frames: int) -> tuple[float, float
         state = video_state(predictor, images)
         x, y = interior_point(first[target])
         predictor.add_new_points_or_box(state, 0, 1, points=np.array([[x, y]], dtype=np.float32), labels=np.array([1]))
+        # The target drawn with only the objects behind it: what would show without occluders.
+        alone = scenes.Scene(scene.background, scene.objects[: target + 1], scene.pan, scene.seed)
+        unoccluded = [alone.render(t)[1][target] for t in range(frames)]
         scores = []
         for t, _, logits in predictor.propagate_in_video(state):
-            scores.append(iou(logits[0, 0] > 0, rendered[t][1][target]))
+            gt, pred = rendered[t][1][target], logits[0, 0] > 0
+            scores.append(iou(pred, gt))
+            if t == 0:
+                states["frame 0"].append(scores[-1])
+            elif not gt.any():
+                states["gone"].append(scores[-1])
+                states["gone, empty"].append(float(not pred.any()))
+            else:
+                states["partly hidden" if (gt != unoccluded[t]).any() else "whole"].append(scores[-1])
         per_clip.append(float(np.mean(scores)))
         # How often the target was partly hidden: its full shape is not all visible.
-        occluded.append(np.mean([_hidden(scene, target, t) for t in range(frames)]))
-    return float(np.mean(per_clip)), float(np.mean(occluded)), len(per_clip)
+        occluded.append(np.mean([bool((rendered[t][1][target] != unoccluded[t]).any()) for t in range(frames)]))
+    return float(np.mean(per_clip)), float(np.mean(occluded)), len(per_clip), states
 
 
-def _hidden(scene: scenes.Scene, target: int, t: float) -> bool:
-    alone = scenes.Scene(scene.background, scene.objects[: target + 1], scene.pan, scene.seed)
-    return bool((alone.render(t)[1][target] != scene.render(t)[1][target]).any())
+def where_lost(states: dict[str, list[float]]) -> str:
+    """Where the video figure loses its IoU: frame 0 (the click's own mask), later frames by the
+    target's state, and on frames where it is gone how often the prediction is empty."""
+    parts = [f"{name} {np.mean(v):.3f} ({len(v)} frames)" for name, v in states.items() if name != "gone, empty" and v]
+    gone = states["gone, empty"]
+    if gone:
+        parts[-1] += f", predicted empty on {int(sum(gone))}"
+    return "video mean IoU by frame: " + "; ".join(parts)
 
 
 def main() -> None:
@@ -138,7 +159,7 @@ def main() -> None:
     rows = [f"| image mIoU, one click | {click:.3f} | ≥ 0.90 |", f"| image mIoU, box | {box:.3f} | ≥ 0.93 |"]
     clips_line = ""
     if args.clips > 0:
-        video, hidden, clips = evaluate_video(args.weights, args.clips, args.frames)
+        video, hidden, clips, states = evaluate_video(args.weights, args.clips, args.frames)
         clips_line = f", {clips} clips of {args.frames} frames (target partly hidden on {100 * hidden:.0f} % of frames)"
         rows.append(f"| video mean IoU, one click on frame 0, {args.frames} frames | {video:.3f} | ≥ 0.85 |")
     print(f"held-out set: {args.images} images ({objects} objects){clips_line}; {time.time() - began:.0f} s")
@@ -147,6 +168,9 @@ def main() -> None:
     print("\n".join(rows))
     # Not a target: how much the choice among the three candidates by predicted IoU costs.
     print(f"one click, the best of the three candidates (an oracle's pick): {best_of_three:.3f}")
+    if args.clips > 0:
+        # Not a target either: on which frames the video figure is lost.
+        print(where_lost(states))
 
 
 if __name__ == "__main__":

@@ -230,6 +230,18 @@ def pick_objects(masks: torch.Tensor, rng: random.Random, count: int) -> list[in
     return big[:count]
 
 
+def clip_target(masks: torch.Tensor, rng: random.Random, backmost_share: float) -> int:
+    """A clip's target: in `backmost_share` of clips the backmost object big enough to prompt, as the
+    evaluation picks it (every other object then passes in front of it, so its occlusions are trained
+    as often as they are scored), else any object big enough."""
+    if backmost_share > 0 and rng.random() < backmost_share:
+        areas = masks.flatten(1).sum(-1)
+        big = [i for i in range(len(masks)) if areas[i] >= MIN_OBJECT_PIXELS]
+        if big:
+            return big[0]
+    return pick_objects(masks, rng, 1)[0]
+
+
 def sam_losses(sam, gt) -> torch.Tensor:
     """The loss of a tracking step's outputs: its masks (one, or three candidates) compete."""
     logits, ious, scores = sam[1], sam[2], sam[6]
@@ -238,14 +250,15 @@ def sam_losses(sam, gt) -> torch.Tensor:
     return loss
 
 
-def clip_step(model, batch_scenes, rng, num_frames) -> torch.Tensor:
-    """Clips: a prompt on frame 0 (clicks, box or mask), tracking after; sometimes a correction later."""
-    stride = rng.choice((1, 1, 2, 3))
+def clip_step(model, batch_scenes, rng, num_frames, strides, backmost_share) -> torch.Tensor:
+    """Clips: a prompt on frame 0 (clicks, box or mask), tracking after; sometimes a correction later.
+    A clip samples its scene every `stride` time units, one stride drawn from `strides` per clip."""
+    stride = rng.choice(strides)
     start = rng.uniform(0, 60)
     frames, gts = [], []
     for scene in batch_scenes:
         rendered = [scene.render(start + stride * t) for t in range(num_frames)]
-        obj = pick_objects(rendered[0][1], rng, 1)[0]
+        obj = clip_target(rendered[0][1], rng, backmost_share)
         frames.append(torch.stack([image for image, _ in rendered]))
         gts.append(torch.stack([masks[obj] for _, masks in rendered]))
     batch = len(batch_scenes)
@@ -342,6 +355,16 @@ def main() -> None:
     ap.add_argument("--corrections", type=int, default=1, help="correction rounds after each first prompt")
     ap.add_argument("--clip-batch", type=int, default=2)
     ap.add_argument("--clip-frames", type=int, default=6)
+    ap.add_argument(
+        "--clip-strides", type=int, nargs="+", default=[1, 1, 2, 3], metavar="STRIDE",
+        help="time units between a clip's frames, one drawn per clip from this list (repeat one to weight it); "
+        "larger strides reach the long exits and occlusions of the 60-frame evaluation clips in fewer frames",
+    )
+    ap.add_argument(
+        "--clip-backmost", type=float, default=0.0, metavar="SHARE",
+        help="share of clips whose target is the backmost object big enough to prompt (the evaluation's "
+        "pick, the one the others pass in front of); the other clips' targets are drawn at random",
+    )
     ap.add_argument("--lr", type=float, default=2e-4)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument(
@@ -413,7 +436,7 @@ def main() -> None:
         batch = [scenes.random_scene(scene_seed(args.seed, counter + i), still=not clip) for i in range(size)]
         counter += size
         if clip:
-            loss = clip_step(model, batch, rng, args.clip_frames)
+            loss = clip_step(model, batch, rng, args.clip_frames, tuple(args.clip_strides), args.clip_backmost)
         else:
             loss = image_step(model, batch, rng, args.objects_per_image, args.corrections)
         opt.zero_grad(set_to_none=True)
