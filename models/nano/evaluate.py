@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -94,13 +95,30 @@ def video_state(predictor, images: torch.Tensor) -> dict:
     return state
 
 
+@dataclass
+class VideoBreakdown:
+    """Each video frame's IoU by the target's state, and on frames where it is gone how often the
+    prediction is empty: whether the video figure is lost to the click's own mask or to tracking."""
+
+    states: dict[str, list[float]] = field(
+        default_factory=lambda: {"frame 0": [], "whole": [], "partly hidden": [], "gone": []}
+    )
+    empty_when_gone: int = 0
+
+    def __str__(self) -> str:
+        parts = [f"{name} {np.mean(v):.3f} ({len(v)} frames)" for name, v in self.states.items() if v]
+        if self.states["gone"]:
+            parts[-1] += f", predicted empty on {self.empty_when_gone}"
+        return "video mean IoU by frame: " + "; ".join(parts)
+
+
 @torch.inference_mode()
-def evaluate_video(weights: Path, count: int, frames: int) -> tuple[float, float, int, dict[str, list[float]]]:
+def evaluate_video(weights: Path, count: int, frames: int) -> tuple[float, float, int, VideoBreakdown]:
     """The video figure, the share of frames where the target is partly hidden, the clip count, and
-    each frame's IoU by the target's state (`where_lost`)."""
+    where the figure is lost."""
     predictor = load(build_model(VIDEO_OVERRIDES), weights)
     per_clip, occluded = [], []
-    states: dict[str, list[float]] = {"frame 0": [], "whole": [], "partly hidden": [], "gone": [], "gone, empty": []}
+    breakdown = VideoBreakdown()
     seed = EVAL_SEED_BASE + 1_000_000
     while len(per_clip) < count:
         scene = scenes.random_scene(seed)
@@ -115,34 +133,23 @@ def evaluate_video(weights: Path, count: int, frames: int) -> tuple[float, float
         state = video_state(predictor, images)
         x, y = interior_point(first[target])
         predictor.add_new_points_or_box(state, 0, 1, points=np.array([[x, y]], dtype=np.float32), labels=np.array([1]))
-        # The target drawn with only the objects behind it: what would show without occluders.
+        # Partly hidden: the target differs from itself drawn with only the objects behind it.
         alone = scenes.Scene(scene.background, scene.objects[: target + 1], scene.pan, scene.seed)
-        unoccluded = [alone.render(t)[1][target] for t in range(frames)]
+        hidden = [bool((rendered[t][1][target] != alone.render(t)[1][target]).any()) for t in range(frames)]
         scores = []
         for t, _, logits in predictor.propagate_in_video(state):
             gt, pred = rendered[t][1][target], logits[0, 0] > 0
             scores.append(iou(pred, gt))
             if t == 0:
-                states["frame 0"].append(scores[-1])
+                breakdown.states["frame 0"].append(scores[-1])
             elif not gt.any():
-                states["gone"].append(scores[-1])
-                states["gone, empty"].append(float(not pred.any()))
+                breakdown.states["gone"].append(scores[-1])
+                breakdown.empty_when_gone += int(not pred.any())
             else:
-                states["partly hidden" if (gt != unoccluded[t]).any() else "whole"].append(scores[-1])
+                breakdown.states["partly hidden" if hidden[t] else "whole"].append(scores[-1])
         per_clip.append(float(np.mean(scores)))
-        # How often the target was partly hidden: its full shape is not all visible.
-        occluded.append(np.mean([bool((rendered[t][1][target] != unoccluded[t]).any()) for t in range(frames)]))
-    return float(np.mean(per_clip)), float(np.mean(occluded)), len(per_clip), states
-
-
-def where_lost(states: dict[str, list[float]]) -> str:
-    """Where the video figure loses its IoU: frame 0 (the click's own mask), later frames by the
-    target's state, and on frames where it is gone how often the prediction is empty."""
-    parts = [f"{name} {np.mean(v):.3f} ({len(v)} frames)" for name, v in states.items() if name != "gone, empty" and v]
-    gone = states["gone, empty"]
-    if gone:
-        parts[-1] += f", predicted empty on {int(sum(gone))}"
-    return "video mean IoU by frame: " + "; ".join(parts)
+        occluded.append(np.mean(hidden))
+    return float(np.mean(per_clip)), float(np.mean(occluded)), len(per_clip), breakdown
 
 
 def main() -> None:
@@ -159,7 +166,7 @@ def main() -> None:
     rows = [f"| image mIoU, one click | {click:.3f} | ≥ 0.90 |", f"| image mIoU, box | {box:.3f} | ≥ 0.93 |"]
     clips_line = ""
     if args.clips > 0:
-        video, hidden, clips, states = evaluate_video(args.weights, args.clips, args.frames)
+        video, hidden, clips, breakdown = evaluate_video(args.weights, args.clips, args.frames)
         clips_line = f", {clips} clips of {args.frames} frames (target partly hidden on {100 * hidden:.0f} % of frames)"
         rows.append(f"| video mean IoU, one click on frame 0, {args.frames} frames | {video:.3f} | ≥ 0.85 |")
     print(f"held-out set: {args.images} images ({objects} objects){clips_line}; {time.time() - began:.0f} s")
@@ -170,7 +177,7 @@ def main() -> None:
     print(f"one click, the best of the three candidates (an oracle's pick): {best_of_three:.3f}")
     if args.clips > 0:
         # Not a target either: on which frames the video figure is lost.
-        print(where_lost(states))
+        print(breakdown)
 
 
 if __name__ == "__main__":

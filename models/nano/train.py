@@ -220,23 +220,28 @@ def image_step(model, batch_scenes, rng, objects_per_image: int, corrections: in
     return loss / (1 + corrections)
 
 
+def big_objects(masks: torch.Tensor) -> list[int]:
+    """The objects big enough to prompt, back to front (the order scenes draw them in)."""
+    areas = masks.flatten(1).sum(-1)
+    return [i for i in range(len(masks)) if areas[i] >= MIN_OBJECT_PIXELS]
+
+
 def pick_objects(masks: torch.Tensor, rng: random.Random, count: int) -> list[int]:
     """Up to `count` distinct objects big enough to prompt (the biggest alone if none is)."""
-    areas = masks.flatten(1).sum(-1)
-    big = [i for i in range(len(masks)) if areas[i] >= MIN_OBJECT_PIXELS]
+    big = big_objects(masks)
     if not big:
-        return [int(torch.argmax(areas))]
+        return [int(torch.argmax(masks.flatten(1).sum(-1)))]
     rng.shuffle(big)
     return big[:count]
 
 
 def clip_target(masks: torch.Tensor, rng: random.Random, backmost_share: float) -> int:
     """A clip's target: in `backmost_share` of clips the backmost object big enough to prompt, as the
-    evaluation picks it (every other object then passes in front of it, so its occlusions are trained
-    as often as they are scored), else any object big enough."""
+    evaluation picks its target (there with a higher floor, `evaluate.MIN_TARGET_PIXELS`): every other
+    object then passes in front of it, so its occlusions are trained as often as they are scored. In
+    the other clips any object big enough."""
     if backmost_share > 0 and rng.random() < backmost_share:
-        areas = masks.flatten(1).sum(-1)
-        big = [i for i in range(len(masks)) if areas[i] >= MIN_OBJECT_PIXELS]
+        big = big_objects(masks)
         if big:
             return big[0]
     return pick_objects(masks, rng, 1)[0]
@@ -363,7 +368,8 @@ def main() -> None:
     ap.add_argument(
         "--clip-backmost", type=float, default=0.0, metavar="SHARE",
         help="share of clips whose target is the backmost object big enough to prompt (the evaluation's "
-        "pick, the one the others pass in front of); the other clips' targets are drawn at random",
+        "rule for its target, with a lower floor; the others pass in front of it); the other clips' targets "
+        "are drawn at random",
     )
     ap.add_argument("--lr", type=float, default=2e-4)
     ap.add_argument("--threads", type=int, default=2)
