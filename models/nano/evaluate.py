@@ -13,9 +13,12 @@ the model itself, with the semantics our engine reproduces:
   1 when the object is gone and the prediction empty; the figure is the mean over frames, then clips.
 
 Below the table, not targets: the one-click figure had each object's best candidate been kept, which
-says how much the choice by predicted IoU costs; and the video frames' mean IoU by the target's state
-(frame 0, later frames with it whole, partly hidden by the objects in front, gone), which says whether
-the video figure is lost to the click's own mask or to tracking. `--clips 0` scores the images alone.
+says how much the choice by predicted IoU costs; the image figures by kind of object (videotestsrc-style
+balls, plain, camouflaged in the background's colours, and partly hidden of any kind, with how far their
+masks spill onto the objects in front), which says which objects they are lost on; and the video frames'
+mean IoU by the target's state (frame 0, later frames with it whole, partly hidden by the objects in
+front, gone), which says whether the video figure is lost to the click's own mask or to tracking.
+`--clips 0` scores the images alone.
 
     /opt/sam2-reference/bin/python models/nano/evaluate.py [--weights models/nano/sam2.1_nano.safetensors]
 """
@@ -60,27 +63,58 @@ def load(model, weights: Path):
     return model.eval()
 
 
+@dataclass
+class ImageBreakdown:
+    """The image figures by kind of object, and for the partly hidden ones how far the one-click masks
+    spill onto the objects in front (pixels there, as a share of the objects' visible area): whether the
+    image figures are lost to camouflage, to occlusion, or everywhere."""
+
+    kinds: dict[str, list[tuple[float, float]]] = field(
+        default_factory=lambda: {"ball": [], "plain": [], "camouflaged": [], "partly hidden": []}
+    )
+    spilled: int = 0
+    hidden_area: int = 0
+
+    def __str__(self) -> str:
+        parts = [
+            f"{name} {np.mean([c for c, _ in v]):.3f} / {np.mean([b for _, b in v]):.3f} ({len(v)})"
+            for name, v in self.kinds.items()
+            if v
+        ]
+        if self.hidden_area:
+            parts[-1] += f", spilling onto the objects in front {self.spilled / self.hidden_area:.2f} of their area"
+        return "image mIoU by object, one click / box: " + "; ".join(parts)
+
+
 @torch.inference_mode()
-def evaluate_images(weights: Path, count: int) -> tuple[float, float, float, int]:
+def evaluate_images(weights: Path, count: int) -> tuple[float, float, float, int, ImageBreakdown]:
     model = load(build_model(), weights)
     predictor = SAM2ImagePredictor(model)
     # The official predictor assumes 1024 px (feature sizes 256, 128, 64): give it ours.
     predictor._bb_feat_sizes = [(model.image_size // s,) * 2 for s in (4, 8, 16)]
     clicks, best_of_three, boxes = [], [], []
+    breakdown = ImageBreakdown()
     for i in range(count):
-        image, masks = scenes.random_scene(EVAL_SEED_BASE + i, still=True).render(0)
+        scene = scenes.random_scene(EVAL_SEED_BASE + i, still=True)
+        image, masks = scene.render(0)
         predictor.set_image(to_uint8(image))
-        for gt in masks:
+        for k, gt in enumerate(masks):
             if gt.sum() < MIN_OBJECT_PIXELS:
                 continue
             x, y = interior_point(gt)
             out, scores, _ = predictor.predict(np.array([[x, y]], dtype=np.float32), np.array([1]), multimask_output=True)
+            click = torch.from_numpy(out[int(np.argmax(scores))]).bool()
             candidates = [iou(torch.from_numpy(mask).bool(), gt) for mask in out]
             clicks.append(candidates[int(np.argmax(scores))])
             best_of_three.append(max(candidates))
             out, _, _ = predictor.predict(box=np.array(bounding_box(gt), dtype=np.float32), multimask_output=False)
             boxes.append(iou(torch.from_numpy(out[0]).bool(), gt))
-    return float(np.mean(clicks)), float(np.mean(best_of_three)), float(np.mean(boxes)), len(clicks)
+            breakdown.kinds[scene.objects[k].kind].append((clicks[-1], boxes[-1]))
+            if (scene.up_to(k).render(0)[1][k] != gt).any():
+                breakdown.kinds["partly hidden"].append((clicks[-1], boxes[-1]))
+                breakdown.spilled += int((click & masks[k + 1 :].any(0)).sum())
+                breakdown.hidden_area += int(gt.sum())
+    return float(np.mean(clicks)), float(np.mean(best_of_three)), float(np.mean(boxes)), len(clicks), breakdown
 
 
 def video_state(predictor, images: torch.Tensor) -> dict:
@@ -134,7 +168,7 @@ def evaluate_video(weights: Path, count: int, frames: int) -> tuple[float, float
         x, y = interior_point(first[target])
         predictor.add_new_points_or_box(state, 0, 1, points=np.array([[x, y]], dtype=np.float32), labels=np.array([1]))
         # Partly hidden: the target differs from itself drawn with only the objects behind it.
-        alone = scenes.Scene(scene.background, scene.objects[: target + 1], scene.pan, scene.seed)
+        alone = scene.up_to(target)
         hidden = [bool((rendered[t][1][target] != alone.render(t)[1][target]).any()) for t in range(frames)]
         scores = []
         for t, _, logits in predictor.propagate_in_video(state):
@@ -162,7 +196,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     began = time.time()
-    click, best_of_three, box, objects = evaluate_images(args.weights, args.images)
+    click, best_of_three, box, objects, images = evaluate_images(args.weights, args.images)
     rows = [f"| image mIoU, one click | {click:.3f} | ≥ 0.90 |", f"| image mIoU, box | {box:.3f} | ≥ 0.93 |"]
     clips_line = ""
     if args.clips > 0:
@@ -175,6 +209,8 @@ def main() -> None:
     print("\n".join(rows))
     # Not a target: how much the choice among the three candidates by predicted IoU costs.
     print(f"one click, the best of the three candidates (an oracle's pick): {best_of_three:.3f}")
+    # Nor these: which objects the image figures are lost on.
+    print(images)
     if args.clips > 0:
         # Not a target either: on which frames the video figure is lost.
         print(breakdown)

@@ -232,6 +232,9 @@ class SceneObject:
     shape: Shape
     texture: Texture
     motion: Motion
+    # How it was drawn: "plain", "camouflaged" (the background's colours) or "ball" (a videotestsrc-style
+    # scene). Only the evaluation reads it, to say where the figures are lost.
+    kind: str = "plain"
 
 
 @dataclass
@@ -264,6 +267,11 @@ class Scene:
         in_front = torch.flip(torch.cumsum(torch.flip(inside.int(), [0]), 0), [0]) - inside.int()
         return image, inside & (in_front == 0)
 
+    def up_to(self, k: int) -> "Scene":
+        """The scene with object `k` in front: the objects drawn after it left out, so object `k`'s mask
+        there is what it would show were nothing in front of it."""
+        return Scene(self.background, self.objects[: k + 1], self.pan, self.seed)
+
 
 def random_scene(seed: int, still: bool = False) -> Scene:
     """A scene: 1 to 5 textured objects on a textured background, or videotestsrc-style balls."""
@@ -274,7 +282,8 @@ def random_scene(seed: int, still: bool = False) -> Scene:
     objects = []
     for _ in range(r.integer(1, 5)):
         shape = Shape.random(r, r.uniform(14, 55))
-        if r.chance(0.5):
+        camouflaged = r.chance(0.5)
+        if camouflaged:
             # Camouflage: the background's colours, another pattern (or the same pattern at another
             # scale and angle), so only texture and edges tell the object apart.
             kind = r.choice([k for k in TEXTURES if k not in ("bars", "snow")])
@@ -288,7 +297,7 @@ def random_scene(seed: int, still: bool = False) -> Scene:
                 texture.angle = background.angle + r.uniform(0.5, 1.0)
         else:
             texture = Texture.random(r)
-        objects.append(SceneObject(shape, texture, Motion.random(r, still)))
+        objects.append(SceneObject(shape, texture, Motion.random(r, still), "camouflaged" if camouflaged else "plain"))
     pan = (0.0, 0.0) if still or r.chance(0.6) else (r.normal(1.0), r.normal(1.0))
     return Scene(background, objects, pan, seed)
 
@@ -306,5 +315,5 @@ def _ball_scene(r: Rand, seed: int, still: bool) -> Scene:
         colour = torch.ones(3) if r.chance(0.4) else r.colour()
         shape = Shape(r.uniform(8, 40), [], r.uniform(0.65, 1.0), None, [])
         texture = Texture("flat", colour, colour, 10.0, 0.0, None, r.uniform(0.0, 0.02))
-        objects.append(SceneObject(shape, texture, Motion.random(r, still)))
+        objects.append(SceneObject(shape, texture, Motion.random(r, still), "ball"))
     return Scene(background, objects, (0.0, 0.0), seed)

@@ -51,6 +51,8 @@ def _nano_evaluate():
     """`models/nano/evaluate.py` (this folder has its own `evaluate`): the video predictor's settings."""
     spec = importlib.util.spec_from_file_location("nano_evaluate", HERE.parent / "nano" / "evaluate.py")
     module = importlib.util.module_from_spec(spec)
+    # Registered before it runs, as an import would: its dataclasses look their module up there.
+    sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
 
