@@ -102,17 +102,18 @@ def evaluate_images(weights: Path, count: int) -> tuple[float, float, float, int
             if gt.sum() < MIN_OBJECT_PIXELS:
                 continue
             x, y = interior_point(gt)
-            out, scores, _ = predictor.predict(np.array([[x, y]], dtype=np.float32), np.array([1]), multimask_output=True)
-            click = torch.from_numpy(out[int(np.argmax(scores))]).bool()
-            candidates = [iou(torch.from_numpy(mask).bool(), gt) for mask in out]
-            clicks.append(candidates[int(np.argmax(scores))])
+            click_masks, scores, _ = predictor.predict(np.array([[x, y]], dtype=np.float32), np.array([1]), multimask_output=True)
+            click_masks = torch.from_numpy(click_masks).bool()
+            picked = int(np.argmax(scores))
+            candidates = [iou(mask, gt) for mask in click_masks]
+            clicks.append(candidates[picked])
             best_of_three.append(max(candidates))
             out, _, _ = predictor.predict(box=np.array(bounding_box(gt), dtype=np.float32), multimask_output=False)
             boxes.append(iou(torch.from_numpy(out[0]).bool(), gt))
             breakdown.kinds[scene.objects[k].kind].append((clicks[-1], boxes[-1]))
             if (scene.up_to(k).render(0)[1][k] != gt).any():
                 breakdown.kinds["partly hidden"].append((clicks[-1], boxes[-1]))
-                breakdown.spilled += int((click & masks[k + 1 :].any(0)).sum())
+                breakdown.spilled += int((click_masks[picked] & masks[k + 1 :].any(0)).sum())
                 breakdown.hidden_area += int(gt.sum())
     return float(np.mean(clicks)), float(np.mean(best_of_three)), float(np.mean(boxes)), len(clicks), breakdown
 

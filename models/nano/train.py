@@ -202,20 +202,21 @@ def image_step(model, batch_scenes, rng, objects_per_image: int, corrections: in
     object and round (SAM's recipe, which makes the most of each encoder pass). Round 0 is a first
     prompt; the `corrections` rounds after it add a click on the error of the previous mask and feed
     that mask's logits back as the mask prompt, as a user's corrections reach the model."""
-    images, gts, others, owner = [], [], [], []
+    images, gts, occupied, owner = [], [], [], []
     for i, scene in enumerate(batch_scenes):
         image, masks = scene.render(rng.uniform(0, 60))
         images.append(image)
+        occupied.append(masks.any(0))
         for k in pick_objects(masks, rng, objects_per_image):
             gts.append(masks[k])
-            others.append(masks.any(0))
             owner.append(i)
     # Prompts are drawn on the host copy of the truth (`gt_host`), the loss meets the model's on its device.
     gt_host = torch.stack(gts)
     gt = gt_host.to(model.device)
-    weight = other_object_weights(gt, torch.stack(others).to(model.device), other_weight)
+    owner = torch.tensor(owner, device=model.device)
+    weight = other_object_weights(gt, torch.stack(occupied).to(model.device)[owner], other_weight)
     feats, _, sizes = backbone(model, torch.stack(images))
-    embedding, high_res = image_features(model, feats, sizes, torch.tensor(owner, device=model.device))
+    embedding, high_res = image_features(model, feats, sizes, owner)
     prompts = [initial_prompt(g, rng) for g in gt_host]
     # One click is ambiguous: the best of the three candidates learns (SAM's multimask rule); any
     # other prompt trains the single-mask token.
