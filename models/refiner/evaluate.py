@@ -28,7 +28,6 @@ percent, as the papers print them.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import sys
 import tempfile
 import time
@@ -42,7 +41,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.append(str(HERE.parent / "nano"))  # after this folder: both have a train.py and an evaluate.py
 
 import fine_scenes  # noqa: E402
-from common import CONFIG, WEIGHTS, bounding_box, interior_point, to_uint8  # noqa: E402
+from common import CONFIG, WEIGHTS, bounding_box, interior_point, nano_evaluate, to_uint8  # noqa: E402
 from image_path import MODES, RefinedImagePredictor  # noqa: E402
 from PIL import Image  # noqa: E402
 from refiner import load_refiner  # noqa: E402
@@ -127,19 +126,11 @@ def evaluate(model, refiner, modes: list[str], images: int, frame_size: int, pin
     return results
 
 
-def _nano_evaluate():
-    """`models/nano/evaluate.py` (this file shares its name): the video predictor's settings."""
-    spec = importlib.util.spec_from_file_location("nano_evaluate", HERE.parent / "nano" / "evaluate.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @torch.inference_mode()
 def evaluate_video(refiner, modes: list[str], clips: int, frames: int, frame_size: int, memory_mask: str = "sam2",
                    pin_clicks: bool = True) -> dict:
     """{mode: [per clip (mean IoU, mean boundary IoU) over its frames]}."""
-    nano = _nano_evaluate()
+    nano = nano_evaluate()
     results = {mode: [] for mode in modes}
     seed = EVAL_SEED_BASE + 1_000_000
     while len(results[modes[0]]) < clips:

@@ -25,7 +25,6 @@ min(num_frames, 16) - 1, our streaming tracker by 15 (see `models/nano/make_fixt
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 import tempfile
@@ -42,22 +41,12 @@ sys.path.append(str(HERE.parent / "nano"))  # after this folder: both have a tra
 
 import scenes  # noqa: E402
 import fine_scenes  # noqa: E402
-from common import WEIGHTS, bounding_box, build_model, interior_point, to_uint8  # noqa: E402
+from common import WEIGHTS, bounding_box, build_model, interior_point, nano_evaluate, to_uint8  # noqa: E402
 from image_path import RefinedImagePredictor  # noqa: E402
 from refiner import Refiner, save_refiner  # noqa: E402
 from video_path import RefinedVideoPredictor  # noqa: E402
 
-def _nano_evaluate():
-    """`models/nano/evaluate.py` (this folder has its own `evaluate`): the video predictor's settings."""
-    spec = importlib.util.spec_from_file_location("nano_evaluate", HERE.parent / "nano" / "evaluate.py")
-    module = importlib.util.module_from_spec(spec)
-    # Registered before it runs, as an import would: its dataclasses look their module up there.
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-NANO_EVALUATE = _nano_evaluate()
+NANO_EVALUATE = nano_evaluate()
 VIDEO_OVERRIDES, load = NANO_EVALUATE.VIDEO_OVERRIDES, NANO_EVALUATE.load
 OUT = HERE.parents[1] / "tests" / "fixtures" / "refiner"
 SEED = 3_000_000  # the scene the fixtures were recorded on (once written 2**50 + 3_000_000, the same seed to torch)
