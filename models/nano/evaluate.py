@@ -96,7 +96,7 @@ def evaluate_images(weights: Path, count: int) -> tuple[float, float, float, int
     breakdown = ImageBreakdown()
     for i in range(count):
         scene = scenes.random_scene(EVAL_SEED_BASE + i, still=True)
-        image, masks = scene.render(0)
+        image, masks, whole = scene.render_with_whole(0)
         predictor.set_image(to_uint8(image))
         for k, gt in enumerate(masks):
             if gt.sum() < MIN_OBJECT_PIXELS:
@@ -111,7 +111,7 @@ def evaluate_images(weights: Path, count: int) -> tuple[float, float, float, int
             out, _, _ = predictor.predict(box=np.array(bounding_box(gt), dtype=np.float32), multimask_output=False)
             boxes.append(iou(torch.from_numpy(out[0]).bool(), gt))
             breakdown.kinds[scene.objects[k].kind].append((clicks[-1], boxes[-1]))
-            if (scene.up_to(k).render(0)[1][k] != gt).any():
+            if (whole[k] != gt).any():
                 breakdown.kinds["partly hidden"].append((clicks[-1], boxes[-1]))
                 breakdown.spilled += int((click_masks[picked] & masks[k + 1 :].any(0)).sum())
                 breakdown.hidden_area += int(gt.sum())
@@ -158,19 +158,18 @@ def evaluate_video(weights: Path, count: int, frames: int) -> tuple[float, float
     while len(per_clip) < count:
         scene = scenes.random_scene(seed)
         seed += 1
-        rendered = [scene.render(t) for t in range(frames)]
+        rendered = [scene.render_with_whole(t) for t in range(frames)]
         first = rendered[0][1]
         candidates = [k for k in range(len(first)) if first[k].sum() >= MIN_TARGET_PIXELS]
         if not candidates:
             continue
         target = candidates[0]
-        images = torch.stack([torch.from_numpy(to_uint8(image)).permute(2, 0, 1).float() / 255 for image, _ in rendered])
+        images = torch.stack([torch.from_numpy(to_uint8(image)).permute(2, 0, 1).float() / 255 for image, _, _ in rendered])
         state = video_state(predictor, images)
         x, y = interior_point(first[target])
         predictor.add_new_points_or_box(state, 0, 1, points=np.array([[x, y]], dtype=np.float32), labels=np.array([1]))
-        # Partly hidden: the target differs from itself drawn with only the objects behind it.
-        alone = scene.up_to(target)
-        hidden = [bool((rendered[t][1][target] != alone.render(t)[1][target]).any()) for t in range(frames)]
+        # Partly hidden: the target's visible mask differs from its whole one.
+        hidden = [bool((visible[target] != whole[target]).any()) for _, visible, whole in rendered]
         scores = []
         for t, _, logits in predictor.propagate_in_video(state):
             gt, pred = rendered[t][1][target], logits[0, 0] > 0

@@ -246,6 +246,12 @@ class Scene:
 
     def render(self, t: float) -> tuple[torch.Tensor, torch.Tensor]:
         """The image (3, H, W) in [0, 1] and the visible masks (N, H, W) bool at time t."""
+        image, visible, _ = self.render_with_whole(t)
+        return image, visible
+
+    def render_with_whole(self, t: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`render`, and beside the visible masks each object's whole mask (N, H, W) bool: where it would
+        show were nothing in front of it. Where the two differ, the object is partly hidden."""
         ys, xs = torch.meshgrid(torch.arange(SIZE, dtype=torch.float32), torch.arange(SIZE, dtype=torch.float32), indexing="ij")
         noise = torch.rand(SIZE, SIZE, generator=torch.Generator().manual_seed(self.seed * 1000 + int(t))) * 2 - 1
         image = self.background.render(xs + self.pan[0] * t, ys + self.pan[1] * t, noise)
@@ -261,16 +267,12 @@ class Scene:
             covers.append(coverage)
         image = image.clamp(0, 1)
         if not covers:
-            return image, torch.zeros(0, SIZE, SIZE, dtype=torch.bool)
+            none = torch.zeros(0, SIZE, SIZE, dtype=torch.bool)
+            return image, none, none
         inside = torch.stack(covers) > 0.5
         # Visible: inside and not inside any object drawn later (in front).
         in_front = torch.flip(torch.cumsum(torch.flip(inside.int(), [0]), 0), [0]) - inside.int()
-        return image, inside & (in_front == 0)
-
-    def up_to(self, k: int) -> "Scene":
-        """The scene with object `k` in front: the objects drawn after it left out, so object `k`'s mask
-        there is what it would show were nothing in front of it."""
-        return Scene(self.background, self.objects[: k + 1], self.pan, self.seed)
+        return image, inside & (in_front == 0), inside
 
 
 def random_scene(seed: int, still: bool = False) -> Scene:
