@@ -34,9 +34,9 @@ EVAL_SEED_BASE = TRAINING_SEEDS
 MIN_OBJECT_PIXELS = 150
 
 
-def build_model(overrides: dict | None = None):
+def build_model(overrides: dict | None = None, config: Path = CONFIG):
     """The official `SAM2Base` (or the class the overrides name) from our config, as `build_sam2` does."""
-    cfg = OmegaConf.load(CONFIG)
+    cfg = OmegaConf.load(config)
     for key, value in (overrides or {}).items():
         OmegaConf.update(cfg, f"model.{key}", value, force_add=True)
     OmegaConf.resolve(cfg)

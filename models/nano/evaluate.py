@@ -41,7 +41,7 @@ import sam2.utils.misc as sam2_misc
 from sam2.sam2_image_predictor import SAM2ImagePredictor
 
 import scenes
-from common import EVAL_SEED_BASE, MIN_OBJECT_PIXELS, WEIGHTS, bounding_box, build_model, interior_point, iou, normalise, to_uint8
+from common import CONFIG, EVAL_SEED_BASE, MIN_OBJECT_PIXELS, WEIGHTS, bounding_box, build_model, interior_point, iou, normalise, to_uint8
 
 # The video predictor's settings in our tracker (as `tests/reference/make_video_fixtures.py`): the CPU
 # reference has no CUDA extension to fill holes, so hole filling is off.
@@ -87,8 +87,10 @@ class ImageBreakdown:
 
 
 @torch.inference_mode()
-def evaluate_images(weights: Path, count: int) -> tuple[float, float, float, int, ImageBreakdown]:
-    model = load(build_model(), weights)
+def evaluate_images(
+    weights: Path, count: int, config: Path = CONFIG
+) -> tuple[float, float, float, int, ImageBreakdown]:
+    model = load(build_model(config=config), weights)
     predictor = SAM2ImagePredictor(model)
     # The official predictor assumes 1024 px (feature sizes 256, 128, 64): give it ours.
     predictor._bb_feat_sizes = [(model.image_size // s,) * 2 for s in (4, 8, 16)]
@@ -148,10 +150,12 @@ class VideoBreakdown:
 
 
 @torch.inference_mode()
-def evaluate_video(weights: Path, count: int, frames: int) -> tuple[float, float, int, VideoBreakdown]:
+def evaluate_video(
+    weights: Path, count: int, frames: int, config: Path = CONFIG
+) -> tuple[float, float, int, VideoBreakdown]:
     """The video figure, the share of frames where the target is partly hidden, the clip count, and
     where the figure is lost."""
-    predictor = load(build_model(VIDEO_OVERRIDES), weights)
+    predictor = load(build_model(VIDEO_OVERRIDES, config), weights)
     per_clip, occluded = [], []
     breakdown = VideoBreakdown()
     seed = EVAL_SEED_BASE + 1_000_000
@@ -189,6 +193,7 @@ def evaluate_video(weights: Path, count: int, frames: int) -> tuple[float, float
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--weights", type=Path, default=WEIGHTS)
+    ap.add_argument("--config", type=Path, default=CONFIG, help="the model's config (official YAML), for --weights of another")
     ap.add_argument("--images", type=int, default=200)
     ap.add_argument("--clips", type=int, default=30)
     ap.add_argument("--frames", type=int, default=60)
@@ -196,11 +201,11 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     began = time.time()
-    click, best_of_three, box, objects, images = evaluate_images(args.weights, args.images)
+    click, best_of_three, box, objects, images = evaluate_images(args.weights, args.images, args.config)
     rows = [f"| image mIoU, one click | {click:.3f} | ≥ 0.90 |", f"| image mIoU, box | {box:.3f} | ≥ 0.93 |"]
     clips_line = ""
     if args.clips > 0:
-        video, hidden, clips, breakdown = evaluate_video(args.weights, args.clips, args.frames)
+        video, hidden, clips, breakdown = evaluate_video(args.weights, args.clips, args.frames, args.config)
         clips_line = f", {clips} clips of {args.frames} frames (target partly hidden on {100 * hidden:.0f} % of frames)"
         rows.append(f"| video mean IoU, one click on frame 0, {args.frames} frames | {video:.3f} | ≥ 0.85 |")
     print(f"held-out set: {args.images} images ({objects} objects){clips_line}; {time.time() - began:.0f} s")

@@ -45,6 +45,7 @@ from safetensors.torch import load_file, save_file
 
 import scenes
 from common import (
+    CONFIG,
     MIN_OBJECT_PIXELS,
     WEIGHTS,
     add_correction_clicks,
@@ -372,6 +373,52 @@ def no_dropout(model) -> None:
             module.dropout_p = 0.0
 
 
+TRUNK_BLOCKS = "image_encoder.trunk.blocks."
+
+
+def trunk_stages(state: dict) -> list[list[int]]:
+    """The Hiera trunk's block indices grouped by stage, read off a state dict: a stage is a run of
+    blocks of one width (each stage doubles it)."""
+    widths = {}
+    for key, value in state.items():
+        if key.startswith(TRUNK_BLOCKS) and key.endswith(".norm2.weight"):
+            widths[int(key[len(TRUNK_BLOCKS):].split(".")[0])] = value.shape[0]
+    stages: list[list[int]] = []
+    for index in range(len(widths)):
+        if not stages or widths[stages[-1][-1]] != widths[index]:
+            stages.append([])
+        stages[-1].append(index)
+    return stages
+
+
+def grown_state(model, weights: dict) -> dict:
+    """`weights` for `model` when the model's trunk has more blocks in a stage than the weights (a
+    deeper config, `--config`). The weights' blocks keep their places within their stages; each added
+    block, appended at its stage's end, starts as the identity: its attention's output projection and
+    its MLP's last layer are zero, so its two residual branches add nothing and the grown model
+    computes what the weights did. Training then opens them (the zero layers get gradients first)."""
+    fresh = model.state_dict()
+    old, new = trunk_stages(weights), trunk_stages(fresh)
+    if len(old) != len(new) or any(len(o) > len(n) for o, n in zip(old, new)):
+        raise SystemExit(f"--init's trunk (blocks per stage {[len(o) for o in old]}) does not fit in "
+                         f"--config's ({[len(n) for n in new]})")
+    renamed = {i: n[j] for o, n in zip(old, new) for j, i in enumerate(o)}
+    state = {}
+    for key, value in weights.items():
+        if key.startswith(TRUNK_BLOCKS):
+            index, rest = key[len(TRUNK_BLOCKS):].split(".", 1)
+            key = f"{TRUNK_BLOCKS}{renamed[int(index)]}.{rest}"
+        state[key] = value
+    for index in sorted(set(range(sum(map(len, new)))) - set(renamed.values())):
+        mlp_last = max(int(k.split(".")[-2]) for k in fresh if k.startswith(f"{TRUNK_BLOCKS}{index}.mlp.layers."))
+        for key, value in fresh.items():
+            if key.startswith(f"{TRUNK_BLOCKS}{index}."):
+                zero = key.split(".", 4)[4].startswith(("attn.proj.", f"mlp.layers.{mlp_last}."))
+                state[key] = torch.zeros_like(value) if zero else value
+        print(f"trunk block {index} added, starting as the identity")
+    return state
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seed", type=int, default=0)
@@ -410,6 +457,11 @@ def main() -> None:
     ap.add_argument("--log-every", type=int, default=50)
     ap.add_argument("--out", type=Path, default=WEIGHTS)
     ap.add_argument(
+        "--config", type=Path, default=CONFIG,
+        help="the model's config (official YAML); with --init, its trunk may have more blocks per stage "
+        "than --init's weights, and the added blocks start as the identity",
+    )
+    ap.add_argument(
         "--init", type=Path, default=None,
         help="start from these weights (a released safetensors) instead of from scratch: a further run of "
         "training, with its own seed, warm-up and schedule, and a fresh optimiser",
@@ -425,13 +477,13 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     rng = random.Random(args.seed)
-    model = build_model().to(args.device)
+    model = build_model(config=args.config).to(args.device)
     init_prompt_attention(model)
     iou_logits(model)
     no_dropout(model)
     if args.init is not None:
-        weights = load_file(str(args.init))
-        model.load_state_dict({k: v.to(args.device, torch.float32) for k, v in weights.items()})
+        weights = {k: v.to(args.device, torch.float32) for k, v in load_file(str(args.init)).items()}
+        model.load_state_dict(grown_state(model, weights))
         print(f"initialised from {args.init}")
     model.train()
     for name, p in model.named_parameters():
