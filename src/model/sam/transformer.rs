@@ -106,6 +106,8 @@ pub struct RoPEAttention {
     rope_k_repeat: bool,
     /// (tokens, cos, sin): the tables of the last query size, rebuilt when it changes.
     tables: Mutex<Option<(usize, Tensor, Tensor)>>,
+    /// ((queries, keys, keys with RoPE), cos, sin): the keys' tables of the last bank's shape.
+    key_tables: Mutex<Option<((usize, usize, usize), Tensor, Tensor)>>,
     span: tracing::Span,
 }
 
@@ -125,6 +127,7 @@ impl RoPEAttention {
             feat_sizes: config.feat_sizes,
             rope_k_repeat: config.rope_k_repeat,
             tables: Mutex::new(None),
+            key_tables: Mutex::new(None),
             span: tracing::span!(tracing::Level::TRACE, "rope_attention"),
         })
     }
@@ -162,6 +165,53 @@ impl RoPEAttention {
         Ok((cos, sin))
     }
 
+    /// The RoPE tables for `m` keys of which the first `num_rope` are memory tokens, given the
+    /// query tables `cos`, `sin`: the query tables once per memory frame (tiled, not interleaved,
+    /// as `rope_k_repeat` does), then rows of cos 1 and sin 0 for the object pointers, which get
+    /// no RoPE. One rotation then covers every key, where rotating a slice and concatenating the
+    /// pointers back copied the whole key tensor twice; cos 1 and sin 0 leave the pointers'
+    /// values as they are.
+    fn key_tables(
+        &self,
+        m: usize,
+        num_rope: usize,
+        cos: &Tensor,
+        sin: &Tensor,
+    ) -> Result<(Tensor, Tensor)> {
+        let n = cos.dim(0)?;
+        if num_rope != n && (!self.rope_k_repeat || !num_rope.is_multiple_of(n)) {
+            candle_core::bail!(
+                "RoPE keys: {num_rope} keys for {n} queries need rope_k_repeat and a whole multiple"
+            );
+        }
+        let mut cache = self.key_tables.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((shape, cos_k, sin_k)) = cache.as_ref()
+            && *shape == (n, m, num_rope)
+            && cos_k.dtype() == cos.dtype()
+            && cos_k.device().same_device(cos.device())
+        {
+            return Ok((cos_k.clone(), sin_k.clone()));
+        }
+        let repeats = num_rope / n;
+        let pointers = (m - num_rope, cos.dim(1)?);
+        let cos_k = Tensor::cat(
+            &[
+                cos.repeat((repeats, 1))?,
+                Tensor::ones(pointers, cos.dtype(), cos.device())?,
+            ],
+            0,
+        )?;
+        let sin_k = Tensor::cat(
+            &[
+                sin.repeat((repeats, 1))?,
+                Tensor::zeros(pointers, sin.dtype(), sin.device())?,
+            ],
+            0,
+        )?;
+        *cache = Some(((n, m, num_rope), cos_k.clone(), sin_k.clone()));
+        Ok((cos_k, sin_k))
+    }
+
     /// `num_k_exclude_rope`: the last keys (object pointers) carry no position and get no RoPE.
     pub fn forward(
         &self,
@@ -179,26 +229,11 @@ impl RoPEAttention {
         let num_rope = m - num_k_exclude_rope;
         let k = if num_rope == 0 {
             k
+        } else if num_rope == m && m == n {
+            candle_nn::rotary_emb::rope_i(&k, &cos, &sin)?
         } else {
-            let rotated_part = k.narrow(2, 0, num_rope)?.contiguous()?;
-            let (cos_k, sin_k) = if num_rope == n {
-                (cos, sin)
-            } else {
-                if !self.rope_k_repeat || !num_rope.is_multiple_of(n) {
-                    candle_core::bail!(
-                        "RoPE keys: {num_rope} keys for {n} queries need rope_k_repeat and a whole multiple"
-                    );
-                }
-                // Each memory frame's tokens get the same table (tiled, not interleaved).
-                let r = num_rope / n;
-                (cos.repeat((r, 1))?, sin.repeat((r, 1))?)
-            };
-            let rotated = candle_nn::rotary_emb::rope_i(&rotated_part, &cos_k, &sin_k)?;
-            if num_k_exclude_rope > 0 {
-                Tensor::cat(&[rotated, k.narrow(2, num_rope, num_k_exclude_rope)?], 2)?
-            } else {
-                rotated
-            }
+            let (cos_k, sin_k) = self.key_tables(m, num_rope, &cos, &sin)?;
+            candle_nn::rotary_emb::rope_i(&k, &cos_k, &sin_k)?
         };
         self.attention.attend(&q, &k, v)
     }
