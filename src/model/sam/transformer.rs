@@ -96,6 +96,9 @@ impl Attention {
     }
 }
 
+/// RoPE tables (cos, sin) with the shape they were built for.
+type CachedTables<Shape> = Mutex<Option<(Shape, Tensor, Tensor)>>;
+
 /// `RoPEAttention`: `Attention` with 2-D axial rotary position encoding of queries and keys.
 #[derive(Debug)]
 pub struct RoPEAttention {
@@ -105,9 +108,9 @@ pub struct RoPEAttention {
     feat_sizes: [usize; 2],
     rope_k_repeat: bool,
     /// (tokens, cos, sin): the tables of the last query size, rebuilt when it changes.
-    tables: Mutex<Option<(usize, Tensor, Tensor)>>,
+    tables: CachedTables<usize>,
     /// ((queries, keys, keys with RoPE), cos, sin): the keys' tables of the last bank's shape.
-    key_tables: Mutex<Option<((usize, usize, usize), Tensor, Tensor)>>,
+    key_tables: CachedTables<(usize, usize, usize)>,
     span: tracing::Span,
 }
 
