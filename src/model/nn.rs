@@ -9,7 +9,7 @@ use candle_nn::VarBuilder;
 
 use super::kernels::{
     Conv2dTaps, Conv2dUnfold, DepthwiseConv2d, Epilogue, FusedAttention, FusedLinear, FusedMlp,
-    GeluErf, LayerNormChannels, LayerNormLastDim,
+    GeluErf, LayerNormChannels, LayerNormLastDim, PixelShuffle2x2,
 };
 
 /// `nn.Linear`.
@@ -413,7 +413,9 @@ fn depthwise_by_shifts(x: &Tensor, weight: &Tensor, padding: usize) -> Result<Te
 /// pixel shuffle. (candle's transposed convolution is a direct loop, slow on every device.)
 #[derive(Debug, Clone)]
 pub struct ConvTranspose2x2 {
-    weight: Tensor,
+    /// The weight as the product's left matrix, [1, C_out·4, C_in] (rows: channel, ky, kx),
+    /// laid out once at load.
+    wmat: Tensor,
     bias: Tensor,
     span: tracing::Span,
 }
@@ -422,9 +424,14 @@ impl ConvTranspose2x2 {
     pub fn new(in_channels: usize, out_channels: usize, vb: VarBuilder) -> Result<Self> {
         // PyTorch's transposed-conv weight layout is [in, out, kh, kw].
         let weight = vb.get((in_channels, out_channels, 2, 2), "weight")?;
+        let wmat = weight
+            .reshape((in_channels, out_channels * 4))?
+            .t()?
+            .contiguous()?
+            .unsqueeze(0)?;
         let bias = vb.get(out_channels, "bias")?;
         let span = tracing::span!(tracing::Level::TRACE, "conv_transpose2x2");
-        Ok(Self { weight, bias, span })
+        Ok(Self { wmat, bias, span })
     }
 }
 
@@ -432,11 +439,17 @@ impl Module for ConvTranspose2x2 {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let _enter = self.span.enter();
         let (b, c_in, h, w) = x.dims4()?;
-        let c_out = self.weight.dim(1)?;
+        let c_out = self.bias.dim(0)?;
         // [C_out·4, C_in] @ [B, C_in, H·W] in NCHW, then one pixel-shuffle copy.
-        let wmat = self.weight.reshape((c_in, c_out * 4))?.t()?.unsqueeze(0)?;
-        let y = wmat
-            .broadcast_matmul(&x.reshape((b, c_in, h * w))?)?
+        let y = self.wmat.broadcast_matmul(&x.reshape((b, c_in, h * w))?)?;
+        if y.device().is_cpu() && y.dtype() == DType::F32 {
+            let shuffle = PixelShuffle2x2 {
+                height: h,
+                width: w,
+            };
+            return y.contiguous()?.apply_op2_no_bwd(&self.bias, &shuffle);
+        }
+        let y = y
             .reshape((b, c_out, 2, 2, h, w))?
             .permute((0, 1, 4, 2, 5, 3))?
             .reshape((b, c_out, 2 * h, 2 * w))?;

@@ -27,7 +27,8 @@ pub(crate) use guided_apply::GuidedApply;
 pub(crate) use linear::{Epilogue, FusedLinear};
 pub(crate) use mlp::FusedMlp;
 pub(crate) use ops::{
-    DepthwiseConv2d, GeluErf, LayerNormChannels, LayerNormLastDim, PlanarScaled, SoftMatte,
+    DepthwiseConv2d, GeluErf, LayerNormChannels, LayerNormLastDim, PixelShuffle2x2, PlanarScaled,
+    SoftMatte,
 };
 pub(crate) use resample::SeparableResample;
 pub(crate) use window_attention::WindowAttention;

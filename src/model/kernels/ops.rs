@@ -1,4 +1,5 @@
-//! Element-wise and small-window kernels: LayerNorm, GELU, soft mattes, depthwise convolution.
+//! Element-wise and small-window kernels: LayerNorm, GELU, soft mattes, depthwise convolution,
+//! the transposed convolution's pixel shuffle.
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, bail};
 use rayon::prelude::*;
@@ -269,11 +270,91 @@ impl CustomOp2 for DepthwiseConv2d {
     }
 }
 
+/// The second half of `ConvTranspose2x2` on the CPU: its product [B, C·4, H·W] (rows ordered
+/// channel, ky, kx) to the image [B, C, 2H, 2W] plus the bias, in one parallel pass. The tensor
+/// path's six-axis permute copied it element by element on one thread and the bias add read and
+/// wrote it again; the values are the same (each output is its product element plus the bias).
+pub(crate) struct PixelShuffle2x2 {
+    pub height: usize,
+    pub width: usize,
+}
+
+impl CustomOp2 for PixelShuffle2x2 {
+    fn name(&self) -> &'static str {
+        "pixel-shuffle-2x2"
+    }
+
+    fn cpu_fwd(
+        &self,
+        ys: &CpuStorage,
+        yl: &Layout,
+        bs: &CpuStorage,
+        bl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let y = contiguous_f32(ys, yl, "pixel shuffle input")?;
+        let bias = contiguous_f32(bs, bl, "pixel shuffle bias")?;
+        let (b, rows, pixels) = yl.shape().dims3()?;
+        let (h, w, c) = (self.height, self.width, bias.len());
+        if rows != 4 * c || pixels != h * w {
+            bail!(
+                "pixel shuffle: input {:?} for {c} channels of {h}x{w}",
+                yl.dims()
+            );
+        }
+        let plane = 4 * h * w;
+        let mut out = vec![0f32; b * c * plane];
+        // Output plane p (batch p / c, channel p % c) comes from the product's rows 4p..4p+4.
+        out.par_chunks_mut(plane)
+            .zip(y.par_chunks(plane))
+            .enumerate()
+            .for_each(|(p, (dst, src))| {
+                let bias = bias[p % c];
+                for (tap, taps) in src.chunks_exact(h * w).enumerate() {
+                    let (ky, kx) = (tap / 2, tap % 2);
+                    for (row, values) in taps.chunks_exact(w).enumerate() {
+                        let line = &mut dst[(2 * row + ky) * 2 * w..][..2 * w];
+                        for (x, v) in values.iter().enumerate() {
+                            line[2 * x + kx] = v + bias;
+                        }
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(out), Shape::from((b, c, 2 * h, 2 * w))))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::assert_matches_reference;
     use super::*;
     use candle_core::{Device, Tensor};
+
+    #[test]
+    fn pixel_shuffle_matches_the_tensor_path_exactly() -> Result<()> {
+        let dev = Device::Cpu;
+        // (batch, channels, height, width): the decoder's two upscalings at 256 px, a batch of
+        // objects, and a non-square map.
+        for (b, c, h, w) in [(1, 64, 16, 16), (1, 32, 32, 32), (3, 5, 4, 4), (2, 3, 5, 7)] {
+            let y = Tensor::randn(0f32, 1.0, (b, c * 4, h * w), &dev)?;
+            let bias = Tensor::randn(0f32, 1.0, c, &dev)?;
+            let ours = y.apply_op2_no_bwd(
+                &bias,
+                &PixelShuffle2x2 {
+                    height: h,
+                    width: w,
+                },
+            )?;
+            let tensors = y
+                .reshape((b, c, 2, 2, h, w))?
+                .permute((0, 1, 4, 2, 5, 3))?
+                .reshape((b, c, 2 * h, 2 * w))?
+                .broadcast_add(&bias.reshape((1, c, 1, 1))?)?;
+            assert_eq!(ours.dims(), tensors.dims());
+            let diff = (ours - tensors)?.abs()?.max_all()?.to_scalar::<f32>()?;
+            assert_eq!(diff, 0.0, "{:?}", (b, c, h, w));
+        }
+        Ok(())
+    }
 
     #[test]
     fn depthwise_matches_candles_grouped_conv2d() -> Result<()> {
