@@ -99,6 +99,27 @@ impl Attention {
 /// RoPE tables (cos, sin) with the shape they were built for.
 type CachedTables<Shape> = Mutex<Option<(Shape, Tensor, Tensor)>>;
 
+/// The tables in `cache` when they were built for `shape` in `like`'s dtype and on its device;
+/// else the tables `build` makes, which then replace them.
+fn cached_tables<Shape: PartialEq>(
+    cache: &CachedTables<Shape>,
+    shape: Shape,
+    like: &Tensor,
+    build: impl FnOnce() -> Result<(Tensor, Tensor)>,
+) -> Result<(Tensor, Tensor)> {
+    let mut cache = cache.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((cached, cos, sin)) = cache.as_ref()
+        && *cached == shape
+        && cos.dtype() == like.dtype()
+        && cos.device().same_device(like.device())
+    {
+        return Ok((cos.clone(), sin.clone()));
+    }
+    let (cos, sin) = build()?;
+    *cache = Some((shape, cos.clone(), sin.clone()));
+    Ok((cos, sin))
+}
+
 /// `RoPEAttention`: `Attention` with 2-D axial rotary position encoding of queries and keys.
 #[derive(Debug)]
 pub struct RoPEAttention {
@@ -138,34 +159,26 @@ impl RoPEAttention {
     /// The RoPE tables for `n` query tokens: the configured `feat_sizes` grid when it has `n`
     /// cells, else a square grid of side sqrt(n), as the official module recomputes them.
     fn tables(&self, n: usize, like: &Tensor) -> Result<(Tensor, Tensor)> {
-        let mut cache = self.tables.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((tokens, cos, sin)) = cache.as_ref()
-            && *tokens == n
-            && cos.dtype() == like.dtype()
-            && cos.device().same_device(like.device())
-        {
-            return Ok((cos.clone(), sin.clone()));
-        }
-        let [fx, fy] = self.feat_sizes;
-        let (end_x, end_y) = if fx * fy == n {
-            (fx, fy)
-        } else {
-            let side = (n as f64).sqrt() as usize;
-            if side * side != n {
-                candle_core::bail!("RoPE attention needs a square token grid, got {n} tokens");
-            }
-            (side, side)
-        };
-        let (cos, sin) = axial_rope_tables(
-            self.head_dim,
-            end_x,
-            end_y,
-            self.theta,
-            like.dtype(),
-            like.device(),
-        )?;
-        *cache = Some((n, cos.clone(), sin.clone()));
-        Ok((cos, sin))
+        cached_tables(&self.tables, n, like, || {
+            let [fx, fy] = self.feat_sizes;
+            let (end_x, end_y) = if fx * fy == n {
+                (fx, fy)
+            } else {
+                let side = (n as f64).sqrt() as usize;
+                if side * side != n {
+                    candle_core::bail!("RoPE attention needs a square token grid, got {n} tokens");
+                }
+                (side, side)
+            };
+            axial_rope_tables(
+                self.head_dim,
+                end_x,
+                end_y,
+                self.theta,
+                like.dtype(),
+                like.device(),
+            )
+        })
     }
 
     /// The RoPE tables for `m` keys of which the first `num_rope` are memory tokens, given the
@@ -173,7 +186,8 @@ impl RoPEAttention {
     /// as `rope_k_repeat` does), then rows of cos 1 and sin 0 for the object pointers, which get
     /// no RoPE. One rotation then covers every key, where rotating a slice and concatenating the
     /// pointers back copied the whole key tensor twice; cos 1 and sin 0 leave the pointers'
-    /// values as they are.
+    /// values as they are. Keys that are one frame's tokens and nothing else (self-attention)
+    /// take the query tables themselves.
     fn key_tables(
         &self,
         m: usize,
@@ -182,37 +196,33 @@ impl RoPEAttention {
         sin: &Tensor,
     ) -> Result<(Tensor, Tensor)> {
         let n = cos.dim(0)?;
+        if num_rope == n && m == n {
+            return Ok((cos.clone(), sin.clone()));
+        }
         if num_rope != n && (!self.rope_k_repeat || !num_rope.is_multiple_of(n)) {
             candle_core::bail!(
                 "RoPE keys: {num_rope} keys for {n} queries need rope_k_repeat and a whole multiple"
             );
         }
-        let mut cache = self.key_tables.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((shape, cos_k, sin_k)) = cache.as_ref()
-            && *shape == (n, m, num_rope)
-            && cos_k.dtype() == cos.dtype()
-            && cos_k.device().same_device(cos.device())
-        {
-            return Ok((cos_k.clone(), sin_k.clone()));
-        }
-        let repeats = num_rope / n;
-        let pointers = (m - num_rope, cos.dim(1)?);
-        let cos_k = Tensor::cat(
-            &[
-                cos.repeat((repeats, 1))?,
-                Tensor::ones(pointers, cos.dtype(), cos.device())?,
-            ],
-            0,
-        )?;
-        let sin_k = Tensor::cat(
-            &[
-                sin.repeat((repeats, 1))?,
-                Tensor::zeros(pointers, sin.dtype(), sin.device())?,
-            ],
-            0,
-        )?;
-        *cache = Some(((n, m, num_rope), cos_k.clone(), sin_k.clone()));
-        Ok((cos_k, sin_k))
+        cached_tables(&self.key_tables, (n, m, num_rope), cos, || {
+            let repeats = num_rope / n;
+            let pointers = (m - num_rope, cos.dim(1)?);
+            let cos_k = Tensor::cat(
+                &[
+                    cos.repeat((repeats, 1))?,
+                    Tensor::ones(pointers, cos.dtype(), cos.device())?,
+                ],
+                0,
+            )?;
+            let sin_k = Tensor::cat(
+                &[
+                    sin.repeat((repeats, 1))?,
+                    Tensor::zeros(pointers, sin.dtype(), sin.device())?,
+                ],
+                0,
+            )?;
+            Ok((cos_k, sin_k))
+        })
     }
 
     /// `num_k_exclude_rope`: the last keys (object pointers) carry no position and get no RoPE.
@@ -232,8 +242,6 @@ impl RoPEAttention {
         let num_rope = m - num_k_exclude_rope;
         let k = if num_rope == 0 {
             k
-        } else if num_rope == m && m == n {
-            candle_nn::rotary_emb::rope_i(&k, &cos, &sin)?
         } else {
             let (cos_k, sin_k) = self.key_tables(m, num_rope, &cos, &sin)?;
             candle_nn::rotary_emb::rope_i(&k, &cos_k, &sin_k)?
