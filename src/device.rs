@@ -7,6 +7,7 @@ use crate::error::{Error, Result};
 /// Parses a device name: `cpu`, `cuda` (first GPU), `cuda:N`, or `auto` (the first GPU when
 /// this build has CUDA support and a GPU answers, else the CPU).
 pub fn select_device(name: &str) -> Result<Device> {
+    keep_candle_pool_off_the_cores();
     match name.trim() {
         "cpu" => Ok(Device::Cpu),
         "auto" => Ok(Device::new_cuda(0).unwrap_or(Device::Cpu)),
@@ -18,6 +19,32 @@ pub fn select_device(name: &str) -> Result<Device> {
             ))),
         },
     }
+}
+
+/// candle runs its element-wise operations on large tensors (64 Ki values and up: most of the
+/// nano model's) on a thread pool of its own, beside rayon's, which runs every other operation of
+/// the engine. That pool's workers spin for some 25,000 rounds after each operation before they
+/// sleep, on the cores rayon's threads are working on, and its one lock makes two threads' models
+/// (a stream encoding its next frame while it tracks this one) take turns. So, unless the user
+/// sized it (`CANDLE_NUM_THREADS`, or `CANDLE_BARRIER_POOL_SPIN_LIMIT`), the pool gets no workers
+/// and its operations run on the thread that calls them. Measured with the nano model, 256², on
+/// two cores (2026-12-08): a tracking step 35 → 33 ms, and the next frame's encoder beside the
+/// step 50 → 37 ms; SAM 2.1 tiny at 1024² unchanged. It must run before candle's first such
+/// operation in the process: `select_device` and the plugin's registration call it.
+pub fn keep_candle_pool_off_the_cores() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let set = |name| std::env::var_os(name).is_some();
+        if !set("CANDLE_NUM_THREADS") && !set("CANDLE_BARRIER_POOL_SPIN_LIMIT") {
+            // SAFETY: `set_var` must not race with a read of the environment on another
+            // thread. This runs once, before any model exists, so no thread of ours reads it;
+            // the CLI calls it first thing in `main`, with no other thread, and the plugin when
+            // GStreamer loads it. What remains is a host application's thread calling `getenv`
+            // at that instant: glibc's `setenv` copies `environ` into a new array and frees the
+            // old one only if an earlier `setenv` had allocated it.
+            unsafe { std::env::set_var("CANDLE_NUM_THREADS", "1") };
+        }
+    });
 }
 
 fn cuda(ordinal: usize) -> Result<Device> {

@@ -20,6 +20,7 @@ pub use error::{Error, Result};
 use gst::glib;
 
 fn plugin_init(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
+    device::keep_candle_pool_off_the_cores();
     element::register(plugin)
 }
 

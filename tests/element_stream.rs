@@ -87,6 +87,35 @@ fn a_flush_forgets_the_objects_and_a_seek_back_replays_the_timeline() {
 }
 
 #[test]
+fn nothing_from_before_a_flush_comes_out_after_it() {
+    // Frames and an EOS pushed faster than the model tracks the frames (a seek near the end):
+    // when the flush comes the worker is tracking a frame, has taken the next job (a frame to
+    // encode, or the EOS) ahead of the queue, and the rest wait.
+    let e = element(&[("queue-size", "2")]);
+    let (mut h, _bus) = harness(&e, RGBA_CAPS, None);
+    for event in mask_events() {
+        assert!(h.push_event(event));
+    }
+    for t in 0..3 {
+        assert_eq!(h.push(buffer(rgba_frame(t), t)), Ok(gst::FlowSuccess::Ok));
+    }
+    assert!(h.push_event(gst::event::Eos::new()));
+    flush(&mut h);
+    while h.try_pull().is_some() {} // what came out before the flush
+    let after = 10..14;
+    for t in after.clone() {
+        assert_eq!(h.push(buffer(rgba_frame(t), t)), Ok(gst::FlowSuccess::Ok));
+    }
+    for t in after {
+        let b = h
+            .pull()
+            .expect("every frame pushed after the flush comes out");
+        assert_eq!(b.pts(), Some(gst::ClockTime::from_mseconds(40 * t as u64)));
+    }
+    assert!(h.try_pull().is_none(), "and nothing else");
+}
+
+#[test]
 fn a_new_frame_size_restarts_the_objects_and_a_new_format_keeps_them() {
     let e = element(&[]);
     let (mut h, bus) = harness(&e, RGBA_CAPS, None);

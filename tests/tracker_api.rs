@@ -79,6 +79,47 @@ fn prompts_for_future_past_and_held_frames() {
 }
 
 #[test]
+fn frames_encoded_beside_the_step_before_them_track_as_pushed_ones() {
+    // The element and the CLI encode each frame on another thread while the tracker tracks the
+    // frame before it: the model is shared by the two at once, and the results must be those
+    // of pushing the frames one by one, to the bit.
+    let (mut pushed, mut pipelined) = (tracker("t256"), tracker("t256"));
+    let encoder = pipelined.encoder();
+    let mut next = Some(encoder.encode(&clip_frame("t256", 0)).unwrap());
+    for t in 0..5 {
+        let frame = t as u64;
+        let a = pushed.push_frame(frame, &clip_frame("t256", t)).unwrap();
+        let encoded = next.take().unwrap();
+        let (b, encoded_next) = rayon::join(
+            || pipelined.push_encoded(frame, encoded),
+            || encoder.encode(&clip_frame("t256", t + 1)),
+        );
+        next = Some(encoded_next.unwrap());
+        assert_eq!(a.size, b.unwrap().size);
+        if t == 1 {
+            for tracker in [&mut pushed, &mut pipelined] {
+                tracker.add_prompt(&click(1, 1, 100.0, 90.0)).unwrap();
+            }
+        }
+        let logits = |tracker: &Tracker| -> Vec<(u32, Vec<f32>)> {
+            let out = tracker.output(frame).unwrap();
+            (tracker.frame_logits(&out).unwrap().into_iter())
+                .map(|(o, l)| (o, l.flatten_all().unwrap().to_vec1().unwrap()))
+                .collect()
+        };
+        let expected = logits(&pushed);
+        assert_eq!(expected.len(), usize::from(t >= 1));
+        assert_eq!(logits(&pipelined), expected, "frame {t}");
+    }
+    // An encoded frame is checked as a pushed one is: its id must follow the last.
+    let err = pipelined
+        .push_encoded(4, next.unwrap())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("must increase"), "{err}");
+}
+
+#[test]
 fn memory_is_bounded_over_a_long_stream() {
     let mut t = tracker("t256");
     let mut held = Vec::new();

@@ -814,21 +814,20 @@ impl Sam2Refiner {
             return Err(gst::FlowError::Flushing);
         }
         (*lock(&self.last_flow))?;
-        let (jobs, in_flight, track) = {
+        let (sender, track) = {
             let mut guard = lock(&self.state);
             let state = guard.as_mut().ok_or(gst::FlowError::Flushing)?;
             let settings = lock(&self.settings);
-            let in_flight = state.worker.frames_in_flight.clone();
             let track = match settings.skip_policy {
                 SkipPolicy::None => true,
                 SkipPolicy::EveryNth => state.frames % settings.track_every.max(1) as u64 == 0,
-                SkipPolicy::Realtime => in_flight.load(Ordering::SeqCst) == 0,
+                SkipPolicy::Realtime => state.worker.frames_in_flight.load(Ordering::SeqCst) == 0,
             };
             state.frames += 1;
-            (state.worker.jobs.clone(), in_flight, track)
+            (state.worker.frame_sender(), track)
         };
         // Blocks while the queue is full: upstream waits for the model, never for a lock.
-        if !Worker::send_frame(&jobs, &in_flight, buffer, track) {
+        if !sender.send(buffer, track) {
             return Err(gst::FlowError::Flushing);
         }
         *lock(&self.last_flow)

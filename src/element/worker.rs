@@ -4,10 +4,14 @@
 //!
 //! Every input buffer comes out exactly once, in order, with its own frame's masks: buffers and
 //! events travel one queue, and the output of a frame is rendered from that frame's result.
+//!
+//! While it tracks a frame, the worker encodes the next one when that is already queued (the
+//! job right after it, a frame to track): the image encoder and the tracking step overlap on the
+//! cores (see `tracker::FrameEncoder`). A flush drops the frame taken ahead with the queue.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
@@ -20,7 +24,7 @@ use super::prompt_event::{PromptAction, PromptSpec};
 use super::render::Renderer;
 use super::timeline::{Place, TimedPrompt};
 use crate::prompt::Prompt;
-use crate::tracker::{FrameOutput, PromptOutcome, Tracker};
+use crate::tracker::{EncodedFrame, FrameEncoder, FrameOutput, PromptOutcome, Tracker};
 
 /// What the streaming thread (and the application's threads) hand to the worker, in order.
 pub(crate) enum Job {
@@ -31,9 +35,11 @@ pub(crate) enum Job {
         caps: gst::Caps,
     },
     /// A frame; `track` is false when the skip policy carries the last masks over it.
+    /// `flushes`: the count of flushes when it was sent (a frame from before a flush is dropped).
     Frame {
         buffer: gst::Buffer,
         track: bool,
+        flushes: u64,
     },
     /// A prompt from an event, a signal or a click, and where it came from (for the ack).
     Prompt {
@@ -107,6 +113,45 @@ pub(crate) struct Worker {
     pub max_latency: Arc<AtomicU64>,
     /// Frames queued or being processed: the model is busy when it is not zero.
     pub frames_in_flight: Arc<AtomicUsize>,
+    /// Flushes so far: what the worker took from the queue before one is dropped, its output too.
+    flushes: Flushes,
+}
+
+/// The count of flushes. Its lock spans a flush's drain of the queues and the worker's check
+/// and send of a frame's output, so an output either leaves before the drain (and is drained)
+/// or sees the new count (and is dropped): a frame in the works when a flush came, or taken
+/// ahead of it, never comes out after it.
+type Flushes = Arc<Mutex<u64>>;
+
+fn flush_count(flushes: &Flushes) -> std::sync::MutexGuard<'_, u64> {
+    flushes.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Queues frames for the worker ([`Worker::frame_sender`]).
+pub(crate) struct FrameSender {
+    jobs: Sender<Job>,
+    in_flight: Arc<AtomicUsize>,
+    flushes: Flushes,
+}
+
+impl FrameSender {
+    /// Queues a frame; blocks while the queue is full.
+    pub fn send(&self, buffer: gst::Buffer, track: bool) -> bool {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        let flushes = *flush_count(&self.flushes);
+        let sent = self
+            .jobs
+            .send(Job::Frame {
+                buffer,
+                track,
+                flushes,
+            })
+            .is_ok();
+        if !sent {
+            self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        }
+        sent
+    }
 }
 
 impl Worker {
@@ -120,6 +165,7 @@ impl Worker {
         let (outputs_tx, outputs) = crossbeam_channel::unbounded();
         let max_latency = Arc::new(AtomicU64::new(0));
         let frames_in_flight = Arc::new(AtomicUsize::new(0));
+        let flushes = Flushes::default();
         let timeline_waiting = settings.timeline.clone();
         let last = Mattes::none(settings.mode);
         let mut state = WorkerState {
@@ -139,14 +185,36 @@ impl Worker {
             out: outputs_tx.clone(),
             max_latency: max_latency.clone(),
             reported_latency: 0,
+            jobs: jobs_rx.clone(),
+            ahead: None,
+            encoded: None,
+            flushes: flushes.clone(),
         };
         let rx = jobs_rx.clone();
         let in_flight = frames_in_flight.clone();
         let thread = std::thread::Builder::new()
             .name("sam2refiner-worker".into())
             .spawn(move || {
-                while let Ok(job) = rx.recv() {
+                loop {
+                    state.encoded = None;
+                    let (job, taken_at) = match state.ahead.take() {
+                        Some(ahead) => {
+                            state.encoded = ahead.encoded;
+                            (ahead.job, Some(ahead.flushes))
+                        }
+                        None => match rx.recv() {
+                            Ok(job) => (job, None),
+                            Err(_) => break,
+                        },
+                    };
                     let frame = matches!(job, Job::Frame { .. });
+                    if state.from_before_a_flush(&job, taken_at) {
+                        // Dropped with the queue it came from.
+                        if frame {
+                            in_flight.fetch_sub(1, Ordering::SeqCst);
+                        }
+                        continue;
+                    }
                     if matches!(job, Job::Stop) {
                         break;
                     }
@@ -180,26 +248,23 @@ impl Worker {
             outputs_tx,
             max_latency,
             frames_in_flight,
+            flushes,
         })
     }
 
-    /// Queues a frame; blocks while the queue is full.
-    pub fn send_frame(
-        jobs: &Sender<Job>,
-        in_flight: &AtomicUsize,
-        buffer: gst::Buffer,
-        track: bool,
-    ) -> bool {
-        in_flight.fetch_add(1, Ordering::SeqCst);
-        let sent = jobs.send(Job::Frame { buffer, track }).is_ok();
-        if !sent {
-            in_flight.fetch_sub(1, Ordering::SeqCst);
+    /// What the streaming thread queues frames with, without holding the element's state.
+    pub fn frame_sender(&self) -> FrameSender {
+        FrameSender {
+            jobs: self.jobs.clone(),
+            in_flight: self.frames_in_flight.clone(),
+            flushes: self.flushes.clone(),
         }
-        sent
     }
 
     /// Drops every queued job and output (a flush), and wakes the source pad's task.
     pub fn discard_queued(&self) {
+        let mut flushes = flush_count(&self.flushes);
+        *flushes += 1;
         while let Ok(job) = self.pending.try_recv() {
             if matches!(job, Job::Frame { .. }) {
                 self.frames_in_flight.fetch_sub(1, Ordering::SeqCst);
@@ -244,6 +309,22 @@ struct WorkerState {
     out: Sender<Output>,
     max_latency: Arc<AtomicU64>,
     reported_latency: u64,
+    /// The worker's end of the job queue, to take the next job ahead of its turn.
+    jobs: Receiver<Job>,
+    /// The job after the one being handled, taken ahead (see the module docs).
+    ahead: Option<Ahead>,
+    /// The frame being handled, when it was encoded ahead.
+    encoded: Option<Result<EncodedFrame, gst::ErrorMessage>>,
+    flushes: Flushes,
+}
+
+/// A job taken from the queue ahead of its turn, and, for a frame to track, what was made of it
+/// while the frame before it was tracked.
+struct Ahead {
+    job: Job,
+    /// `Worker::flushes` when it was taken.
+    flushes: u64,
+    encoded: Option<Result<EncodedFrame, gst::ErrorMessage>>,
 }
 
 impl WorkerState {
@@ -284,8 +365,12 @@ impl WorkerState {
                     self.prompt(action, source);
                 }
             }
-            Job::Frame { buffer, track } => {
-                if let Err(e) = self.frame(buffer, track) {
+            Job::Frame {
+                buffer,
+                track,
+                flushes,
+            } => {
+                if let Err(e) = self.frame(buffer, track, flushes) {
                     self.fail(e);
                 }
             }
@@ -322,7 +407,14 @@ impl WorkerState {
         self.clicks.clear();
     }
 
-    fn frame(&mut self, buffer: gst::Buffer, track: bool) -> Result<(), gst::ErrorMessage> {
+    /// Tracks (or carries the last masks over) a frame sent when `flushes` flushes had come,
+    /// and sends its output unless a flush came since.
+    fn frame(
+        &mut self,
+        buffer: gst::Buffer,
+        track: bool,
+        flushes: u64,
+    ) -> Result<(), gst::ErrorMessage> {
         if self.renderer.is_none() {
             return Err(gst::error_msg!(
                 gst::CoreError::Negotiation,
@@ -336,20 +428,43 @@ impl WorkerState {
             self.apply_timeline(number, buffer.as_ref());
             let id = self.next_id;
             self.next_id += 1;
-            let renderer = self.renderer.as_ref().expect("checked above");
-            let rgb = tracing::trace_span!("element_frame_to_rgb")
-                .in_scope(|| renderer.rgb(buffer.as_ref()))
-                .map_err(|e| {
-                    gst::error_msg!(gst::StreamError::Decode, ("Cannot read the frame: {e}"))
-                })?;
-            let output = tracing::trace_span!("element_track")
-                .in_scope(|| self.tracker.push_frame(id, &rgb))
-                .map_err(|e| {
-                    gst::error_msg!(
-                        gst::LibraryError::Failed,
-                        ("Tracking failed on frame {number}: {e}")
-                    )
-                })?;
+            let encoder = self.tracker.encoder();
+            let encoded = match self.encoded.take() {
+                Some(encoded) => encoded?,
+                None => encode(self.renderer.as_ref(), &encoder, buffer.as_ref())?,
+            };
+            // The next frame, when it is already queued, goes through the image encoder while
+            // this one is tracked.
+            self.take_next_job();
+            let next = match &self.ahead {
+                Some(Ahead {
+                    job:
+                        Job::Frame {
+                            buffer,
+                            track: true,
+                            ..
+                        },
+                    ..
+                }) => Some(buffer.clone()),
+                _ => None,
+            };
+            let (tracker, renderer) = (&mut self.tracker, self.renderer.as_ref());
+            let (output, next_encoded) = rayon::join(
+                || {
+                    tracing::trace_span!("element_track")
+                        .in_scope(|| tracker.push_encoded(id, encoded))
+                },
+                || next.map(|b| encode(renderer, &encoder, b.as_ref())),
+            );
+            if let Some(ahead) = self.ahead.as_mut() {
+                ahead.encoded = next_encoded;
+            }
+            let output = output.map_err(|e| {
+                gst::error_msg!(
+                    gst::LibraryError::Failed,
+                    ("Tracking failed on frame {number}: {e}")
+                )
+            })?;
             if let Some(pts) = buffer.pts() {
                 self.recent.push_back((pts, id));
                 while self.recent.len() > self.tracker.options().feature_history.max(1) {
@@ -363,8 +478,40 @@ impl WorkerState {
         if track {
             self.note_latency(start.elapsed().as_nanos() as u64);
         }
-        let _ = self.out.send(Output::Buffer(out));
+        let count = flush_count(&self.flushes);
+        if *count == flushes {
+            let _ = self.out.send(Output::Buffer(out));
+        }
         Ok(())
+    }
+
+    /// Whether a job, taken from the queue when `taken_at` flushes had come (taken ahead of its
+    /// turn) or just now (`None`), belongs to the stream from before a flush. The caps stay:
+    /// they are sticky, and no flush sends them again.
+    fn from_before_a_flush(&self, job: &Job, taken_at: Option<u64>) -> bool {
+        let now = *flush_count(&self.flushes);
+        let taken_before = taken_at.is_some_and(|count| count != now);
+        match job {
+            Job::Frame { flushes, .. } => *flushes != now || taken_before,
+            Job::Prompt { .. } | Job::Event(_) => taken_before,
+            Job::Caps { .. } | Job::Flushed | Job::Stop => false,
+        }
+    }
+
+    /// Takes the next queued job, if there is one, ahead of its turn.
+    fn take_next_job(&mut self) {
+        if self.ahead.is_some() {
+            return;
+        }
+        // Under the lock a flush drains the queue with: the count is the job's own.
+        let flushes = flush_count(&self.flushes);
+        if let Ok(job) = self.jobs.try_recv() {
+            self.ahead = Some(Ahead {
+                job,
+                flushes: *flushes,
+                encoded: None,
+            });
+        }
     }
 
     /// The timeline's frame number of a buffer: its stream time times the frame rate, rounded to
@@ -644,6 +791,31 @@ impl WorkerState {
 }
 
 /// The bounding box of a matte's object (> 127), normalised to the frame.
+/// A frame read from its buffer and through the tracker's image encoder.
+fn encode(
+    renderer: Option<&Renderer>,
+    encoder: &FrameEncoder,
+    buffer: &gst::BufferRef,
+) -> Result<EncodedFrame, gst::ErrorMessage> {
+    let renderer = renderer.ok_or_else(|| {
+        gst::error_msg!(gst::CoreError::Negotiation, ("A buffer before the caps"))
+    })?;
+    let rgb = tracing::trace_span!("element_frame_to_rgb")
+        .in_scope(|| renderer.rgb(buffer))
+        .map_err(|e| gst::error_msg!(gst::StreamError::Decode, ("Cannot read the frame: {e}")))?;
+    tracing::trace_span!("element_encode")
+        .in_scope(|| encoder.encode(&rgb))
+        .map_err(|e| {
+            gst::error_msg!(
+                gst::LibraryError::Failed,
+                (
+                    "Encoding the frame at {} failed: {e}",
+                    buffer.pts().display()
+                )
+            )
+        })
+}
+
 fn bbox(matte: &[u8], w: usize, h: usize) -> Option<[f32; 4]> {
     let (mut x0, mut y0, mut x1, mut y1) = (usize::MAX, usize::MAX, 0, 0);
     for (i, v) in matte.iter().enumerate() {

@@ -45,22 +45,25 @@
 //! # }
 //! ```
 
+mod encoder;
 mod frames;
 mod memory_bank;
 mod options;
 mod step;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use candle_core::Tensor;
 
+pub use encoder::{EncodedFrame, FrameEncoder};
 pub use options::{FrameResize, TrackerOptions};
 
 use crate::error::{Error, Result};
 use crate::image::RgbImage;
-use crate::model::Sam2Base;
 use crate::model::refiner::{LocalFeatures, RefineMode, RefineStep, RefinedMasks, Refiner, crops};
 use crate::model::transforms::{rgb_to_unit, soft_matte};
+use crate::model::{FrameFeatures, Sam2Base};
 use crate::prompt::Prompt;
 use frames::{FrameForRefiner, FrameHistory, HeldFrame};
 use memory_bank::MemoryBank;
@@ -116,7 +119,8 @@ struct ObjectTrack {
 }
 
 pub struct Tracker {
-    model: Sam2Base,
+    /// Shared with the tracker's [`FrameEncoder`]s.
+    model: Arc<Sam2Base>,
     options: TrackerOptions,
     frames: FrameHistory,
     objects: BTreeMap<ObjectId, ObjectTrack>,
@@ -132,7 +136,7 @@ impl Tracker {
     pub fn new(model: Sam2Base, options: TrackerOptions) -> Self {
         let history = options.feature_history.max(1);
         Self {
-            model,
+            model: Arc::new(model),
             options,
             frames: FrameHistory::new(history),
             objects: BTreeMap::new(),
@@ -226,19 +230,38 @@ impl Tracker {
     /// Tracks every object on a new frame (8-bit RGB, any size but the same for all frames since
     /// the last reset), then applies the prompts waiting for it.
     pub fn push_frame(&mut self, frame: FrameId, image: &RgbImage) -> Result<FrameOutput> {
-        let size = (image.width, image.height);
-        self.check_frame(frame, size)?;
-        let input = step::frame_input(&self.model, image, self.options.frame_resize)?;
-        let refine = if self.refining() {
-            Some(FrameForRefiner {
-                rgb: image.to_tensor(self.model.device())?,
-                input: input.clone(),
-                quadrants: None,
-            })
-        } else {
-            None
+        self.check_frame(frame, (image.width, image.height))?;
+        let encoded = self.encoder().encode(image)?;
+        self.push_encoded(frame, encoded)
+    }
+
+    /// What [`Tracker::push_frame`] does before tracking, for a caller to run elsewhere: a stream
+    /// can encode its next frame while this tracker tracks the current one (`rayon::join`), and
+    /// then push it with [`Tracker::push_encoded`]. Made for the tracker as it is now: set the
+    /// refiner first.
+    pub fn encoder(&self) -> FrameEncoder {
+        FrameEncoder {
+            model: self.model.clone(),
+            resize: self.options.frame_resize,
+            keep_frame: self.refining(),
+        }
+    }
+
+    /// As [`Tracker::push_frame`], for a frame its [`FrameEncoder`] has encoded.
+    pub fn push_encoded(&mut self, frame: FrameId, encoded: EncodedFrame) -> Result<FrameOutput> {
+        let refine = match encoded.refine {
+            Some(refine) if self.refining() => Some(refine),
+            None if self.refining() => {
+                return Err(Error::Image(
+                    "the frame was encoded without the frame itself, which the refiner crops: \
+                     make the encoder after setting the refiner"
+                        .into(),
+                ));
+            }
+            _ => None,
         };
-        self.push_checked(frame, &input, size, refine)
+        self.check_frame(frame, encoded.size)?;
+        self.push_checked(frame, encoded.features, encoded.size, refine)
     }
 
     /// As [`Tracker::push_frame`], for a frame already brought to the model's input ([1, 3, S, S],
@@ -257,17 +280,17 @@ impl Tracker {
             ));
         }
         self.check_frame(frame, size)?;
-        self.push_checked(frame, input, size, None)
+        let features = self.model.forward_image(input)?;
+        self.push_checked(frame, features, size, None)
     }
 
     fn push_checked(
         &mut self,
         frame: FrameId,
-        input: &Tensor,
+        features: FrameFeatures,
         size: (usize, usize),
         refine: Option<FrameForRefiner>,
     ) -> Result<FrameOutput> {
-        let features = self.model.forward_image(input)?;
         let index = self.next_index;
         self.next_index += 1;
         self.frames.push(HeldFrame {

@@ -89,6 +89,8 @@ fn convert(args: &ConvertArgs) -> Result<()> {
 }
 
 fn main() {
+    // Before any other thread exists (it sets an environment variable).
+    gstsam2refiner::device::keep_candle_pool_off_the_cores();
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::Image(args) => image_cmd::run(args),

@@ -9,7 +9,7 @@ use gstsam2refiner::image::RgbImage;
 use gstsam2refiner::model::BuildMode;
 use gstsam2refiner::model::refiner::RefineMode;
 use gstsam2refiner::prompt::{read_prompt_file, validate_all};
-use gstsam2refiner::tracker::{Tracker, TrackerOptions};
+use gstsam2refiner::tracker::{EncodedFrame, Tracker, TrackerOptions};
 
 use crate::model_args::{LoadedModel, ModelArgs};
 
@@ -77,11 +77,23 @@ pub fn run(args: &VideoArgs) -> Result<()> {
     let mut tracker = Tracker::new(model, options);
     tracker.set_refiner(refiner);
     let mut out = HashMap::new();
-    for (t, path) in frames.iter().enumerate() {
+    let encoder = tracker.encoder();
+    let encode = |path: &PathBuf| -> Result<EncodedFrame> {
         let image = RgbImage::read_png(path)?;
-        tracker
-            .push_frame(t as u64, &image)
-            .with_context(|| path.display().to_string())?;
+        encoder
+            .encode(&image)
+            .with_context(|| path.display().to_string())
+    };
+    let mut next = Some(encode(&frames[0])?);
+    for (t, path) in frames.iter().enumerate() {
+        let encoded = next.take().expect("each frame is encoded before its turn");
+        // The next frame goes through the image encoder while this one is tracked.
+        let (pushed, encoded_next) = rayon::join(
+            || tracker.push_encoded(t as u64, encoded),
+            || frames.get(t + 1).map(&encode).transpose(),
+        );
+        pushed.with_context(|| path.display().to_string())?;
+        next = encoded_next?;
         // Prompts on this frame, in file order: a first prompt, or a correction of the frame
         // just tracked.
         for p in prompts.iter().filter(|p| p.frame == t as u64) {
