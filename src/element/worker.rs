@@ -208,7 +208,7 @@ impl Worker {
                         },
                     };
                     let frame = matches!(job, Job::Frame { .. });
-                    if state.from_before_a_flush(&job, taken_at) {
+                    if state.is_from_before_a_flush(&job, taken_at) {
                         // Dropped with the queue it came from.
                         if frame {
                             in_flight.fetch_sub(1, Ordering::SeqCst);
@@ -488,7 +488,7 @@ impl WorkerState {
     /// Whether a job, taken from the queue when `taken_at` flushes had come (taken ahead of its
     /// turn) or just now (`None`), belongs to the stream from before a flush. The caps stay:
     /// they are sticky, and no flush sends them again.
-    fn from_before_a_flush(&self, job: &Job, taken_at: Option<u64>) -> bool {
+    fn is_from_before_a_flush(&self, job: &Job, taken_at: Option<u64>) -> bool {
         let now = *flush_count(&self.flushes);
         let taken_before = taken_at.is_some_and(|count| count != now);
         match job {
