@@ -12,6 +12,10 @@
 //!   held ([`TrackerOptions::feature_history`]), else to the next frame pushed; a prompt for a
 //!   frame not pushed yet waits for it.
 //!
+//! A stream that has its next frame at hand can encode it while the tracker tracks this one:
+//! [`Tracker::encoder`] makes a [`FrameEncoder`] for any thread, and [`Tracker::push_encoded`]
+//! tracks what it made (the element and the CLI do this).
+//!
 //! Objects share each frame's image features and plain tracking steps run batched. The memory
 //! bank is bounded: the conditioning memories (up to a cap), the last `num_maskmem - 1` plain
 //! memories and the last `max_obj_ptrs_in_encoder - 1` pointers per object; the frame count
