@@ -116,6 +116,31 @@ fn nothing_from_before_a_flush_comes_out_after_it() {
 }
 
 #[test]
+fn caps_still_queued_when_a_flush_comes_apply_after_it() {
+    // New caps behind frames the model has not reached, then a seek: the caps are sticky and
+    // come no more, so the flush must not drop them with the frames.
+    let e = element(&[("queue-size", "2")]);
+    let (mut h, bus) = harness(&e, RGBA_CAPS, None);
+    for t in 0..3 {
+        assert_eq!(h.push(buffer(rgba_frame(t), t)), Ok(gst::FlowSuccess::Ok));
+    }
+    h.set_src_caps_str("video/x-raw,format=RGBA,width=32,height=24,framerate=25/1");
+    flush(&mut h);
+    while h.try_pull().is_some() {}
+    h.push(buffer(vec![128; 32 * 24 * 4], 10)).unwrap();
+    let out = h.pull().expect("the frame after the flush comes out");
+    assert_eq!(out.size(), 32 * 24 * 4, "in the new caps");
+    let errors: Vec<String> = drain(&bus)
+        .iter()
+        .filter_map(|m| match m.view() {
+            gst::MessageView::Error(e) => Some(e.error().to_string()),
+            _ => None,
+        })
+        .collect();
+    assert!(errors.is_empty(), "{errors:?}");
+}
+
+#[test]
 fn a_new_frame_size_restarts_the_objects_and_a_new_format_keeps_them() {
     let e = element(&[]);
     let (mut h, bus) = harness(&e, RGBA_CAPS, None);

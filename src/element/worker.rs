@@ -261,16 +261,28 @@ impl Worker {
         }
     }
 
-    /// Drops every queued job and output (a flush), and wakes the source pad's task.
+    /// Drops every queued job and output (a flush), and wakes the source pad's task. Queued caps
+    /// stay (the last of them): caps are sticky, and no flush sends them again.
     pub fn discard_queued(&self) {
-        let mut flushes = flush_count(&self.flushes);
-        *flushes += 1;
-        while let Ok(job) = self.pending.try_recv() {
-            if matches!(job, Job::Frame { .. }) {
-                self.frames_in_flight.fetch_sub(1, Ordering::SeqCst);
+        let mut caps = None;
+        {
+            let mut flushes = flush_count(&self.flushes);
+            *flushes += 1;
+            while let Ok(job) = self.pending.try_recv() {
+                match job {
+                    Job::Frame { .. } => {
+                        self.frames_in_flight.fetch_sub(1, Ordering::SeqCst);
+                    }
+                    Job::Caps { .. } => caps = Some(job),
+                    _ => {}
+                }
             }
+            while self.outputs.try_recv().is_ok() {}
         }
-        while self.outputs.try_recv().is_ok() {}
+        // After the lock: the worker may need it to take jobs while this waits for room.
+        if let Some(caps) = caps {
+            let _ = self.jobs.send(caps);
+        }
         let _ = self.outputs_tx.send(Output::Wake);
     }
 
