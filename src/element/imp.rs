@@ -303,7 +303,7 @@ impl ObjectImpl for Sam2Refiner {
                     .build(),
                 glib::ParamSpecUInt::builder("queue-size")
                     .nick("Queue size")
-                    .blurb("Frames waiting for the model before upstream blocks")
+                    .blurb("Frames waiting for the model before upstream blocks (besides the one being tracked and the next one, which the model encodes meanwhile)")
                     .minimum(1)
                     .maximum(64)
                     .default_value(DEFAULT_QUEUE_SIZE)
