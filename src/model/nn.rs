@@ -439,7 +439,6 @@ impl Module for ConvTranspose2x2 {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let _enter = self.span.enter();
         let (b, c_in, h, w) = x.dims4()?;
-        let c_out = self.bias.dim(0)?;
         // [C_out·4, C_in] @ [B, C_in, H·W] in NCHW, then one pixel-shuffle copy.
         let y = self.wmat.broadcast_matmul(&x.reshape((b, c_in, h * w))?)?;
         if y.device().is_cpu() && y.dtype() == DType::F32 {
@@ -449,12 +448,19 @@ impl Module for ConvTranspose2x2 {
             };
             return y.contiguous()?.apply_op2_no_bwd(&self.bias, &shuffle);
         }
-        let y = y
-            .reshape((b, c_out, 2, 2, h, w))?
-            .permute((0, 1, 4, 2, 5, 3))?
-            .reshape((b, c_out, 2 * h, 2 * w))?;
-        y.broadcast_add(&self.bias.reshape((1, c_out, 1, 1))?)
+        pixel_shuffle_2x2(&y, &self.bias, h, w)
     }
+}
+
+/// The transposed convolution's product [B, C·4, H·W] (rows: channel, ky, kx) to the image
+/// [B, C, 2H, 2W] plus the bias, in tensor operations: any device, and the reference of the CPU
+/// kernel `PixelShuffle2x2`.
+pub(crate) fn pixel_shuffle_2x2(y: &Tensor, bias: &Tensor, h: usize, w: usize) -> Result<Tensor> {
+    let (b, c) = (y.dim(0)?, bias.dim(0)?);
+    y.reshape((b, c, 2, 2, h, w))?
+        .permute((0, 1, 4, 2, 5, 3))?
+        .reshape((b, c, 2 * h, 2 * w))?
+        .broadcast_add(&bias.reshape((1, c, 1, 1))?)
 }
 
 /// An `nn.Embedding(n, dim)` table, used whole (SAM 2 never looks its rows up by index).

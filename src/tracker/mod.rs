@@ -234,6 +234,8 @@ impl Tracker {
     /// Tracks every object on a new frame (8-bit RGB, any size but the same for all frames since
     /// the last reset), then applies the prompts waiting for it.
     pub fn push_frame(&mut self, frame: FrameId, image: &RgbImage) -> Result<FrameOutput> {
+        // Checked before the encoder runs, so that a frame refused costs nothing (push_encoded
+        // checks it again, as it must for frames encoded elsewhere).
         self.check_frame(frame, (image.width, image.height))?;
         let encoded = self.encoder().encode(image)?;
         self.push_encoded(frame, encoded)

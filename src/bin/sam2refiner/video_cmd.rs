@@ -78,19 +78,24 @@ pub fn run(args: &VideoArgs) -> Result<()> {
     tracker.set_refiner(refiner);
     let mut out = HashMap::new();
     let encoder = tracker.encoder();
-    let encode = |path: &PathBuf| -> Result<EncodedFrame> {
-        let image = RgbImage::read_png(path)?;
+    let encode = |path: &PathBuf, image: &RgbImage| -> Result<EncodedFrame> {
         encoder
-            .encode(&image)
+            .encode(image)
             .with_context(|| path.display().to_string())
     };
-    let mut next = Some(encode(&frames[0])?);
+    // The first frame, read above for the prompts' check, is not read again.
+    let mut next = Some(encode(&frames[0], &first)?);
     for (t, path) in frames.iter().enumerate() {
         let encoded = next.take().expect("each frame is encoded before its turn");
         // The next frame goes through the image encoder while this one is tracked.
         let (pushed, encoded_next) = rayon::join(
             || tracker.push_encoded(t as u64, encoded),
-            || frames.get(t + 1).map(&encode).transpose(),
+            || {
+                frames
+                    .get(t + 1)
+                    .map(|path| encode(path, &RgbImage::read_png(path)?))
+                    .transpose()
+            },
         );
         pushed.with_context(|| path.display().to_string())?;
         next = encoded_next?;
